@@ -1,0 +1,197 @@
+//! Client commands of the `lookalike` binary: they talk to a running
+//! server over gRPC, like any application would.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub mod model;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use tonic::transport::Channel;
+
+use crate::api::pb::{self, add_item::Content, add_response::Kind, retrieval_client::RetrievalClient};
+
+/// Where the server is.
+#[derive(clap::Args, Clone)]
+pub struct ClientArgs {
+    /// Server address.
+    #[arg(long, env = "LOOKALIKE_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Gallery to work on.
+    #[arg(long, short, default_value = "default")]
+    pub gallery: String,
+}
+
+#[derive(clap::Args)]
+pub struct AddArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Image files, or folders searched recursively for images.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Item ids relative to this folder (default: the path as given).
+    #[arg(long)]
+    pub strip_prefix: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    pub image: PathBuf,
+    #[arg(long, short = 'k', default_value_t = 10)]
+    pub top_k: u32,
+    /// Exact search instead of the ANN index.
+    #[arg(long)]
+    pub exact: bool,
+}
+
+#[derive(clap::Args)]
+pub struct RmArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+}
+
+/// Messages up to this size are accepted from the server.
+const MAX_MESSAGE: usize = 64 << 20;
+
+pub async fn connect(server: &str) -> anyhow::Result<RetrievalClient<Channel>> {
+    let client = RetrievalClient::connect(server.to_string())
+        .await
+        .with_context(|| format!("connecting to {server} (is `lookalike serve` running?)"))?;
+    Ok(client.max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
+}
+
+const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "bmp", "gif"];
+
+/// Image files under `paths`, sorted, folders walked recursively.
+pub fn collect_images(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+        if p.is_dir() {
+            for entry in std::fs::read_dir(p).with_context(|| format!("reading {}", p.display()))? {
+                walk(&entry?.path(), out)?;
+            }
+        } else if p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())) {
+            out.push(p.to_path_buf());
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if !p.exists() {
+            bail!("{} does not exist", p.display());
+        }
+        walk(p, &mut out)?;
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub async fn add(args: AddArgs) -> anyhow::Result<()> {
+    let files = collect_images(&args.paths)?;
+    if files.is_empty() {
+        bail!("no images (jpg, jpeg, png, webp, bmp, gif) under the given paths");
+    }
+    let mut client = connect(&args.client.server).await?;
+    match client.create_gallery(pb::CreateGalleryRequest { gallery: args.client.gallery.clone() }).await {
+        Ok(_) => eprintln!("created gallery {:?}", args.client.gallery),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+        Err(s) => bail!("creating gallery {:?}: {}", args.client.gallery, s.message()),
+    }
+    let bar = ProgressBar::new(files.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let gallery = args.client.gallery.clone();
+    let strip = args.strip_prefix.clone();
+    let items = files.clone().into_iter().map(move |path| {
+        let id = match &strip {
+            Some(prefix) => path.strip_prefix(prefix).unwrap_or(&path).display().to_string(),
+            None => path.display().to_string(),
+        };
+        let content = match std::fs::read(&path) {
+            Ok(bytes) => Some(Content::Image(bytes)),
+            Err(_) => None, // the server rejects it with a reason
+        };
+        pb::AddItem { gallery: gallery.clone(), id, content, metadata: HashMap::new() }
+    });
+    let mut responses = client.add_to_gallery(tokio_stream::iter(items)).await?.into_inner();
+    let mut rejects = Vec::new();
+    let mut summary = None;
+    while let Some(resp) = responses.message().await? {
+        match resp.kind {
+            Some(Kind::Outcome(o)) => {
+                bar.inc(1);
+                if o.status == pb::item_outcome::Status::Rejected as i32 {
+                    rejects.push((o.id, o.reason));
+                }
+            }
+            Some(Kind::Summary(s)) => summary = Some(s),
+            None => {}
+        }
+    }
+    bar.finish_and_clear();
+    for (id, reason) in &rejects {
+        eprintln!("rejected {id}: {reason}");
+    }
+    let s = summary.context("the server closed the stream without a summary")?;
+    println!("added {}, replaced {}, rejected {}", s.added, s.replaced, s.rejected);
+    Ok(())
+}
+
+pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
+    let image = std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+    let mut client = connect(&args.client.server).await?;
+    let resp = client
+        .search(pb::SearchRequest {
+            gallery: args.client.gallery,
+            query: Some(pb::search_request::Query::Image(image)),
+            top_k: args.top_k,
+            exact: args.exact,
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("search failed: {}", s.message()))?
+        .into_inner();
+    for (rank, h) in resp.hits.iter().enumerate() {
+        println!("{:>3}  {:.4}  {}", rank + 1, h.distance, h.id);
+    }
+    let timings: Vec<String> = resp.timings.iter().map(|t| format!("{} {:.1} ms", t.stage, t.micros as f64 / 1000.0)).collect();
+    eprintln!("{}", timings.join(", "));
+    Ok(())
+}
+
+pub async fn rm(args: RmArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.client.server).await?;
+    let resp = client
+        .remove_from_gallery(pb::RemoveRequest { gallery: args.client.gallery, ids: args.ids })
+        .await
+        .map_err(|s| anyhow::anyhow!("remove failed: {}", s.message()))?
+        .into_inner();
+    println!("removed {}", resp.removed);
+    for id in resp.not_found {
+        eprintln!("not found: {id}");
+    }
+    Ok(())
+}
+
+pub async fn stats(args: ClientArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.server).await?;
+    let resp = client.list_galleries(pb::ListGalleriesRequest {}).await?.into_inner();
+    for g in resp.galleries {
+        let idx = g.index.unwrap_or_default();
+        println!(
+            "{}: {} items, {} dims, model {}, {}, index {} points ({} tombstones{})",
+            g.gallery,
+            g.count,
+            g.dims,
+            g.model_fingerprint,
+            g.execution_provider,
+            idx.points,
+            idx.tombstones,
+            if idx.rebuilding { ", rebuilding" } else { "" }
+        );
+    }
+    Ok(())
+}

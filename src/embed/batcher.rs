@@ -1,0 +1,130 @@
+//! Dynamic batching for one backbone: requests from concurrent callers are
+//! gathered into batches (up to `max_batch`, waiting at most `max_wait`
+//! for more) and run by a pool of worker threads, each owning its own
+//! session. Inference never runs on the async executor.
+
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use half::f16;
+use ndarray::{Array2, Array4};
+use ort::session::Session;
+use ort::value::TensorElementType;
+use ort::value::Tensor;
+use tokio::sync::oneshot;
+
+use super::EmbedError;
+
+/// One image's input row for this backbone, and where to send its output.
+pub struct Job {
+    pub input: Vec<f32>,
+    pub reply: oneshot::Sender<Result<Vec<f32>, EmbedError>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOptions {
+    pub max_batch: usize,
+    pub max_wait: Duration,
+}
+
+pub struct Batcher {
+    tx: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Batcher {
+    /// Starts one worker thread per session. `input_size` is S of the
+    /// `[N,3,S,S]` input.
+    pub fn start(name: &str, sessions: Vec<Session>, input_size: usize, opts: BatchOptions) -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let workers = sessions
+            .into_iter()
+            .enumerate()
+            .map(|(i, session)| {
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("embed-{name}-{i}"))
+                    .spawn(move || worker(session, rx, input_size, opts))
+                    .expect("spawning an inference thread")
+            })
+            .collect();
+        Self { tx: Some(tx), workers }
+    }
+
+    pub fn submit(&self, job: Job) -> Result<(), EmbedError> {
+        let tx = self.tx.as_ref().ok_or(EmbedError::ShuttingDown)?;
+        tx.send(job).map_err(|_| EmbedError::ShuttingDown)
+    }
+}
+
+impl Drop for Batcher {
+    /// Closing the channel lets the workers finish queued jobs and exit.
+    fn drop(&mut self) {
+        self.tx.take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+fn worker(mut session: Session, rx: Receiver<Job>, size: usize, opts: BatchOptions) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let deadline = Instant::now() + opts.max_wait;
+        while batch.len() < opts.max_batch {
+            match rx.recv_deadline(deadline) {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // A caller that gave up (client gone, deadline) costs nothing.
+        batch.retain(|j| !j.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        match run_batch(&mut session, &batch, size) {
+            Ok(rows) => {
+                for (job, row) in batch.into_iter().zip(rows) {
+                    let _ = job.reply.send(Ok(row));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "inference failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(EmbedError::Runtime(e.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn run_batch(session: &mut Session, batch: &[Job], size: usize) -> Result<Vec<Vec<f32>>, String> {
+    let n = batch.len();
+    let mut flat = Vec::with_capacity(n * 3 * size * size);
+    for job in batch {
+        flat.extend_from_slice(&job.input);
+    }
+    let input = Array4::from_shape_vec((n, 3, size, size), flat).map_err(|e| e.to_string())?;
+    let input_type = session.inputs().first().and_then(|i| i.dtype().tensor_type());
+    let outputs = if input_type == Some(TensorElementType::Float16) {
+        let t = Tensor::from_array(input.mapv(f16::from_f32)).map_err(|e| e.to_string())?;
+        session.run(ort::inputs![t])
+    } else {
+        let t = Tensor::from_array(input).map_err(|e| e.to_string())?;
+        session.run(ort::inputs![t])
+    }
+    .map_err(|e| e.to_string())?;
+    let out = &outputs[0];
+    let rows: Array2<f32> = match out.try_extract_array::<f32>() {
+        Ok(a) => a.to_owned().into_dimensionality().map_err(|e| e.to_string())?,
+        Err(_) => {
+            let a = out.try_extract_array::<f16>().map_err(|e| e.to_string())?;
+            a.mapv(f16::to_f32).into_dimensionality().map_err(|e| e.to_string())?
+        }
+    };
+    if rows.nrows() != n {
+        return Err(format!("model returned {} rows for a batch of {n}", rows.nrows()));
+    }
+    Ok(rows.outer_iter().map(|r| r.to_vec()).collect())
+}

@@ -1,0 +1,263 @@
+//! The embedding engine: image bytes -> ensemble descriptor (spec section 1).
+//!
+//! Decoding and preprocessing run on tokio's blocking pool; each backbone
+//! has its own [`batcher::Batcher`] with a pool of ONNX Runtime sessions.
+//! Admission is a semaphore: when every permit is taken the request is
+//! refused at once (`Overloaded`) instead of queueing without bound.
+
+pub mod batcher;
+pub mod manifest;
+pub mod preprocess;
+pub mod runtime;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::index::distance::normalised;
+use batcher::{BatchOptions, Batcher, Job};
+use manifest::LoadedManifest;
+use preprocess::{DecodeLimits, ImageError, InputSpec};
+use runtime::{Provider, ProviderChoice, SessionOptions};
+
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum EmbedError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("the embedding queue is full ({0} images in flight); retry later")]
+    Overloaded(usize),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("model manifest {path}: {msg}")]
+    Manifest { path: PathBuf, msg: String },
+    #[error("inference error: {0}")]
+    Runtime(String),
+}
+
+/// Engine settings (the `[embed]` section of the server config).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    pub provider: ProviderChoice,
+    /// Fail at start-up instead of falling back to CPU.
+    pub require_gpu: bool,
+    /// Sessions (worker threads) per backbone.
+    pub sessions: usize,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_threads: usize,
+    pub max_batch: usize,
+    pub max_wait_ms: u64,
+    /// Images admitted at once (decoding, queued or running).
+    pub max_in_flight: usize,
+    #[serde(flatten)]
+    pub limits: DecodeLimits,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Self {
+            provider: ProviderChoice::Auto,
+            require_gpu: false,
+            sessions: 1,
+            intra_threads: cores,
+            max_batch: 16,
+            max_wait_ms: 2,
+            max_in_flight: 256,
+            limits: DecodeLimits::default(),
+        }
+    }
+}
+
+struct Member {
+    spec: InputSpec,
+    dims: usize,
+    batcher: Batcher,
+}
+
+/// Linear projection `y = (x - mean) W` after concatenation.
+struct Projection {
+    mean: Vec<f32>,
+    /// Row-major, in_dims x out_dims.
+    w: Vec<f32>,
+    out_dims: usize,
+}
+
+pub struct Engine {
+    members: Vec<Member>,
+    projection: Option<Projection>,
+    fingerprint: String,
+    dims: usize,
+    provider: Provider,
+    limits: DecodeLimits,
+    admission: Arc<Semaphore>,
+    max_in_flight: usize,
+}
+
+/// Time spent in each phase of one embedding, for per-stage timings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmbedTimings {
+    pub decode: Duration,
+    pub infer: Duration,
+}
+
+impl Engine {
+    /// Loads the manifest's backbones and starts their workers.
+    pub fn load(manifest_path: &Path, dylib: &Path, cfg: &EngineConfig) -> Result<Self, EmbedError> {
+        let m = LoadedManifest::load(manifest_path)?;
+        let env = runtime::environment(dylib)?;
+        let opts = SessionOptions {
+            provider: cfg.provider,
+            require_gpu: cfg.require_gpu,
+            intra_threads: cfg.intra_threads,
+        };
+        let batch = BatchOptions {
+            max_batch: cfg.max_batch.max(1),
+            max_wait: Duration::from_millis(cfg.max_wait_ms),
+        };
+        let mut members = Vec::new();
+        let mut provider = Provider::Cuda;
+        for b in &m.manifest.backbones {
+            let path = m.path_of(&b.onnx);
+            let mut sessions = Vec::new();
+            for _ in 0..cfg.sessions.max(1) {
+                let (s, p) = runtime::open_session(&env, &path, &opts)?;
+                check_io(&s, &path)?;
+                if p == Provider::Cpu {
+                    provider = Provider::Cpu;
+                }
+                sessions.push(s);
+            }
+            tracing::info!(backbone = %b.name, provider = provider.name(), "model loaded");
+            let batcher = Batcher::start(&b.name, sessions, b.input_size, batch);
+            members.push(Member { spec: manifest::input_spec(b), dims: b.descriptor_dim, batcher });
+        }
+        let projection = match &m.manifest.projection {
+            Some(p) => Some(load_projection(&m.path_of(&p.file), m.dims_before_projection(), p.out_dims, manifest_path)?),
+            None => None,
+        };
+        Ok(Self {
+            members,
+            projection,
+            fingerprint: m.fingerprint.clone(),
+            dims: m.dims(),
+            provider,
+            limits: cfg.limits,
+            admission: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
+            max_in_flight: cfg.max_in_flight.max(1),
+        })
+    }
+
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    pub fn limits(&self) -> &DecodeLimits {
+        &self.limits
+    }
+
+    /// Embeds one image: the L2-normalised ensemble descriptor.
+    pub async fn embed(&self, bytes: Vec<u8>) -> Result<(Vec<f32>, EmbedTimings), EmbedError> {
+        let _permit = self
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| EmbedError::Overloaded(self.max_in_flight))?;
+        let started = Instant::now();
+        let specs: Vec<InputSpec> = self.members.iter().map(|m| m.spec.clone()).collect();
+        let limits = self.limits;
+        let inputs = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<f32>>, EmbedError> {
+            let img = preprocess::decode(&bytes, &limits)?;
+            specs
+                .iter()
+                .map(|s| {
+                    let mut row = vec![0.0; s.len()];
+                    preprocess::write_input(&img, s, &mut row)?;
+                    Ok(row)
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| EmbedError::Runtime(format!("preprocessing task failed: {e}")))??;
+        let decoded = Instant::now();
+
+        let mut waits = Vec::with_capacity(self.members.len());
+        for (member, input) in self.members.iter().zip(inputs) {
+            let (reply, rx) = oneshot::channel();
+            member.batcher.submit(Job { input, reply })?;
+            waits.push(rx);
+        }
+        let mut parts = Vec::with_capacity(waits.len());
+        for (member, rx) in self.members.iter().zip(waits) {
+            let out = rx.await.map_err(|_| EmbedError::ShuttingDown)??;
+            if out.len() != member.dims {
+                return Err(EmbedError::Runtime(format!(
+                    "model produced {} dims, the manifest says {}",
+                    out.len(),
+                    member.dims
+                )));
+            }
+            parts.push(out);
+        }
+        let descriptor = self.combine(parts)?;
+        let timings = EmbedTimings { decode: decoded - started, infer: decoded.elapsed() };
+        Ok((descriptor, timings))
+    }
+
+    /// Spec 1.4: per-model L2, concatenation, optional projection, L2.
+    fn combine(&self, parts: Vec<Vec<f32>>) -> Result<Vec<f32>, EmbedError> {
+        let degenerate = || EmbedError::Runtime("the model produced a zero or non-finite descriptor".into());
+        let mut cat = Vec::with_capacity(self.dims);
+        for p in parts {
+            cat.extend(normalised(&p).ok_or_else(degenerate)?);
+        }
+        if let Some(proj) = &self.projection {
+            let centred: Vec<f32> = cat.iter().zip(&proj.mean).map(|(x, m)| x - m).collect();
+            cat = (0..proj.out_dims)
+                .map(|j| centred.iter().enumerate().map(|(i, x)| x * proj.w[i * proj.out_dims + j]).sum())
+                .collect();
+        }
+        normalised(&cat).ok_or_else(degenerate)
+    }
+}
+
+/// Refuses a model whose input or output cannot be what the manifest says.
+fn check_io(s: &ort::session::Session, path: &Path) -> Result<(), EmbedError> {
+    if s.inputs().len() != 1 || s.outputs().is_empty() {
+        return Err(EmbedError::Runtime(format!(
+            "{}: expected one image input and a descriptor output, found {} inputs and {} outputs",
+            path.display(),
+            s.inputs().len(),
+            s.outputs().len()
+        )));
+    }
+    Ok(())
+}
+
+fn load_projection(path: &Path, in_dims: usize, out_dims: usize, manifest: &Path) -> Result<Projection, EmbedError> {
+    let bad = |msg: String| EmbedError::Manifest { path: manifest.to_path_buf(), msg };
+    let bytes = std::fs::read(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    let want = 4 * (in_dims + in_dims * out_dims);
+    if bytes.len() != want {
+        return Err(bad(format!(
+            "projection {} has {} bytes; {in_dims} -> {out_dims} dims needs {want}",
+            path.display(),
+            bytes.len()
+        )));
+    }
+    let vals: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let (mean, w) = vals.split_at(in_dims);
+    Ok(Projection { mean: mean.to_vec(), w: w.to_vec(), out_dims })
+}
+

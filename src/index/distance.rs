@@ -1,0 +1,70 @@
+//! Distances between L2-normalised descriptors.
+//!
+//! hnsw_rs's `DistDot` panics when rounding makes `1 - a·b` slightly
+//! negative, which happens for (near-)identical unit vectors; this one
+//! clamps at zero instead.
+
+use hnsw_rs::prelude::Distance;
+
+/// Dot product with several accumulators so the loop vectorises.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Cosine distance `max(0, 1 - a·b)` for unit vectors.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnitCosine;
+
+impl Distance<f32> for UnitCosine {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        (1.0 - dot(a, b)).max(0.0)
+    }
+}
+
+/// Euclidean distance between unit vectors from their cosine distance:
+/// `d² = 2 - 2 a·b = 2 (1 - a·b)`.
+pub fn euclidean_from_cosine(cos_dist: f32) -> f32 {
+    (2.0 * cos_dist.max(0.0)).sqrt()
+}
+
+/// Scales `v` to unit length; `None` for a zero or non-finite vector,
+/// which has no direction to compare.
+pub fn normalised(v: &[f32]) -> Option<Vec<f32>> {
+    let n = dot(v, v).sqrt();
+    (n.is_finite() && n > 0.0).then(|| v.iter().map(|x| x / n).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_matches_naive_for_odd_lengths() {
+        let a: Vec<f32> = (0..37).map(|i| (i as f32).sin()).collect();
+        let b: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).cos()).collect();
+        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - naive).abs() < 1e-5);
+    }
+
+    #[test]
+    fn identical_unit_vectors_do_not_go_negative() {
+        let v = normalised(&[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]).unwrap();
+        let d = UnitCosine.eval(&v, &v);
+        assert!(d >= 0.0 && d < 1e-6);
+        assert_eq!(euclidean_from_cosine(1.0), 2f32.sqrt());
+    }
+
+    #[test]
+    fn zero_vector_has_no_direction() {
+        assert!(normalised(&[0.0, 0.0]).is_none());
+        assert!(normalised(&[f32::NAN, 1.0]).is_none());
+    }
+}

@@ -1,0 +1,158 @@
+//! The `lookalike` binary: the server (`serve`) and its client commands.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use lookalike::cli::{self, ClientArgs};
+use lookalike::config::{Config, LogFormat};
+use lookalike::embed::runtime::ProviderChoice;
+use lookalike::embed::Engine;
+use lookalike::gallery::Galleries;
+
+#[derive(Parser)]
+#[command(name = "lookalike", version, about = "Image retrieval service: find the gallery images of the same product")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve(ServeArgs),
+    /// Add images (files or folders, recursively) to a gallery.
+    Add(cli::AddArgs),
+    /// Search a gallery with an image.
+    Search(cli::SearchArgs),
+    /// Remove items from a gallery.
+    Rm(cli::RmArgs),
+    /// Export or inspect embedding models.
+    #[command(subcommand)]
+    Model(cli::model::ModelCommand),
+    /// Show gallery statistics.
+    Stats {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Parser)]
+struct ServeArgs {
+    /// TOML config file; flags and environment variables override it.
+    #[arg(long, env = "LOOKALIKE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, env = "LOOKALIKE_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Folder for the gallery database.
+    #[arg(long, env = "LOOKALIKE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Ensemble manifest (models/<name>.toml).
+    #[arg(long, env = "LOOKALIKE_MODEL")]
+    model: Option<PathBuf>,
+    /// libonnxruntime.so to load (else ORT_DYLIB_PATH, else the setup script's copy).
+    #[arg(long)]
+    ort_dylib: Option<PathBuf>,
+    /// Execution provider: auto, cpu or cuda.
+    #[arg(long, env = "LOOKALIKE_PROVIDER", value_parser = parse_provider)]
+    provider: Option<ProviderChoice>,
+    /// Refuse to start without a working GPU provider.
+    #[arg(long, env = "LOOKALIKE_REQUIRE_GPU")]
+    require_gpu: bool,
+    /// Log format.
+    #[arg(long, env = "LOOKALIKE_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn parse_provider(s: &str) -> Result<ProviderChoice, String> {
+    match s {
+        "auto" => Ok(ProviderChoice::Auto),
+        "cpu" => Ok(ProviderChoice::Cpu),
+        "cuda" => Ok(ProviderChoice::Cuda),
+        _ => Err(format!("unknown provider {s:?}: use auto, cpu or cuda")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match cli.command {
+        Command::Serve(args) => rt.block_on(serve(args)),
+        Command::Add(args) => rt.block_on(cli::add(args)),
+        Command::Search(args) => rt.block_on(cli::search(args)),
+        Command::Rm(args) => rt.block_on(cli::rm(args)),
+        Command::Stats { client } => rt.block_on(cli::stats(client)),
+        Command::Model(cmd) => cli::model::run(cmd),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = args.data_dir {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = args.model {
+        cfg.model = v;
+    }
+    if let Some(v) = args.ort_dylib {
+        cfg.ort_dylib = Some(v);
+    }
+    if let Some(v) = args.provider {
+        cfg.embed.provider = v;
+    }
+    cfg.embed.require_gpu |= args.require_gpu;
+    if let Some(v) = args.log_format {
+        cfg.log_format = v;
+    }
+    cfg.validate()?;
+    init_logging(cfg.log_format);
+
+    let engine = Engine::load(&cfg.model, &cfg.ort_dylib(), &cfg.embed)
+        .with_context(|| format!("loading the model {}", cfg.model.display()))?;
+    tracing::info!(model = %cfg.model.display(), fingerprint = engine.fingerprint(), dims = engine.dims(),
+        provider = engine.provider().name(), "engine ready");
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let db = cfg.database_path();
+    let params = cfg.index.clone();
+    let galleries = tokio::task::spawn_blocking(move || Galleries::open(&db, params))
+        .await?
+        .with_context(|| format!("opening the galleries in {}", cfg.data_dir.display()))?;
+
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler");
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+    };
+    let (addr, server) = lookalike::api::server::bind(&cfg, Arc::new(engine), Arc::new(galleries), shutdown).await?;
+    // Tests and scripts wait for this line to know the port.
+    tracing::info!(%addr, "listening");
+    println!("listening on {addr}");
+    server.await?;
+    Ok(())
+}

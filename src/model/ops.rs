@@ -1,0 +1,122 @@
+//! The tensor-op vocabulary architectures are written in. Implemented by the ONNX
+//! graph builder (`onnx_ops`) and the parameter-spec collector (`spec_ops`); a tch
+//! backend for training implements the same trait later. Parameters are addressed by
+//! `VarPath` so names equal PyTorch state_dict keys.
+use crate::model::error::Result;
+use crate::model::vars::VarPath;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// Symmetric zero padding of this many pixels (PyTorch style).
+    Explicit(usize),
+    /// TensorFlow "SAME": output = ceil(input / stride); the odd extra pixel goes at the
+    /// bottom/right, i.e. ONNX `auto_pad = SAME_UPPER`.
+    TfSame,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2d {
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub groups: usize,
+    pub bias: bool,
+    pub padding: Padding,
+}
+
+impl Conv2d {
+    pub fn new(out_channels: usize, kernel: usize) -> Self {
+        Self {
+            out_channels,
+            kernel,
+            stride: 1,
+            groups: 1,
+            bias: false,
+            padding: Padding::Explicit(kernel / 2),
+        }
+    }
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = s;
+        self
+    }
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+    pub fn bias(mut self, b: bool) -> Self {
+        self.bias = b;
+        self
+    }
+    pub fn padding(mut self, p: Padding) -> Self {
+        self.padding = p;
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    Relu6,
+    Sigmoid,
+    Silu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool2d {
+    Max,
+    /// PyTorch default semantics: padded zeros count in the average.
+    Avg,
+}
+
+/// Global spatial pooling of [N,C,H,W] into [N,C].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GlobalPool {
+    Avg,
+    Max,
+    /// Generalised mean, sign-preserving: sign(m)|m|^(1/p), m = mean(sign(x) max(|x|,eps)^p).
+    Gem {
+        p: f32,
+        eps: f32,
+    },
+}
+
+pub trait Ops {
+    type Tensor: Clone;
+
+    /// Channel count of an [N,C,...] tensor.
+    fn channels(&self, x: &Self::Tensor) -> usize;
+    /// Weight `vp.weight` [out, in/groups, k, k], optional `vp.bias` [out].
+    fn conv2d(&mut self, x: &Self::Tensor, vp: &VarPath, cfg: &Conv2d) -> Result<Self::Tensor>;
+    /// Inference BatchNorm over dim 1 of [N,C] or [N,C,H,W]: `vp.{weight,bias,running_mean,running_var}`.
+    fn batch_norm(&mut self, x: &Self::Tensor, vp: &VarPath, eps: f32) -> Result<Self::Tensor>;
+    fn activation(&mut self, x: &Self::Tensor, act: Activation) -> Result<Self::Tensor>;
+    fn add(&mut self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Broadcasting product (e.g. squeeze-excite gates [N,C,1,1]).
+    fn mul(&mut self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Concatenate along dim 1.
+    fn concat(&mut self, xs: &[Self::Tensor]) -> Result<Self::Tensor>;
+    fn pool2d(
+        &mut self,
+        x: &Self::Tensor,
+        kind: Pool2d,
+        kernel: usize,
+        stride: usize,
+        padding: Padding,
+    ) -> Result<Self::Tensor>;
+    fn global_pool(&mut self, x: &Self::Tensor, kind: GlobalPool) -> Result<Self::Tensor>;
+    fn upsample_nearest(&mut self, x: &Self::Tensor, scale: usize) -> Result<Self::Tensor>;
+    /// `vp.weight` [out, in] (PyTorch layout), optional `vp.bias` [out], on [N,in].
+    fn linear(
+        &mut self,
+        x: &Self::Tensor,
+        vp: &VarPath,
+        out: usize,
+        bias: bool,
+    ) -> Result<Self::Tensor>;
+    /// x / max(||x||_2, eps) along dim 1 of [N,D].
+    fn l2_normalize(&mut self, x: &Self::Tensor, eps: f32) -> Result<Self::Tensor>;
+    /// Everything computed from the result runs in f32 (a no-op for f32 backends);
+    /// used so the retrieval head of an FP16 export cannot overflow.
+    fn full_precision(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;
+}
