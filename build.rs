@@ -9,7 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
 
     // tonic-prost-build does not emit rerun-if-changed for protos.
-    for p in ["proto/lookalike/v1/retrieval.proto", "proto/onnx/onnx.proto"] {
+    for p in [
+        "proto/lookalike/v1/retrieval.proto",
+        "proto/onnx/onnx.proto",
+    ] {
         println!("cargo:rerun-if-changed={p}");
     }
 

@@ -53,7 +53,12 @@ pub struct PostProcessingDefaults {
 
 impl Default for PostProcessingDefaults {
     fn default() -> Self {
-        Self { shortlist: 100, query_expansion: false, qe_k: 1, qe_alpha: 0.0 }
+        Self {
+            shortlist: 100,
+            query_expansion: false,
+            qe_k: 1,
+            qe_alpha: 0.0,
+        }
     }
 }
 
@@ -78,17 +83,29 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config {path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("invalid config: {0}")]
     Invalid(String),
 }
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(source),
+        })
     }
 
     pub fn ort_dylib(&self) -> PathBuf {

@@ -25,9 +25,19 @@ pub enum GalleryError {
     #[error("item {id:?} is not in gallery {gallery:?}")]
     NoItem { gallery: String, id: String },
     #[error("invalid {what} {value:?}: {why}")]
-    InvalidName { what: &'static str, value: String, why: &'static str },
-    #[error("descriptor has {got} dimensions; gallery {gallery:?} holds {want}-dimensional descriptors")]
-    Dims { gallery: String, got: usize, want: usize },
+    InvalidName {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error(
+        "descriptor has {got} dimensions; gallery {gallery:?} holds {want}-dimensional descriptors"
+    )]
+    Dims {
+        gallery: String,
+        got: usize,
+        want: usize,
+    },
     #[error("descriptor is zero or not finite")]
     Degenerate,
     #[error(transparent)]
@@ -97,22 +107,45 @@ pub struct GalleryStats {
 }
 
 impl Gallery {
-    fn open(name: String, meta: GalleryMeta, store: Arc<Store>, params: HnswParams) -> Result<Self, GalleryError> {
+    fn open(
+        name: String,
+        meta: GalleryMeta,
+        store: Arc<Store>,
+        params: HnswParams,
+    ) -> Result<Self, GalleryError> {
         let records = store.load_items(&name)?;
         let mut state = State::default();
         let mut live = Vec::with_capacity(records.len());
         for (id, rec) in records {
             if rec.descriptor.len() != meta.dims as usize {
-                return Err(StoreError::Corrupt(format!("item {id:?} of {name:?} has {} dims", rec.descriptor.len())).into());
+                return Err(StoreError::Corrupt(format!(
+                    "item {id:?} of {name:?} has {} dims",
+                    rec.descriptor.len()
+                ))
+                .into());
             }
             let vector: Vector = rec.descriptor.into();
             state.next_seq = state.next_seq.max(rec.seq + 1);
             state.by_seq.insert(rec.seq, id.clone());
             live.push((rec.seq, vector.clone()));
-            state.items.insert(id, Entry { seq: rec.seq, metadata: rec.metadata, vector });
+            state.items.insert(
+                id,
+                Entry {
+                    seq: rec.seq,
+                    metadata: rec.metadata,
+                    vector,
+                },
+            );
         }
         let index = Arc::new(AnnIndex::new(params, &live));
-        Ok(Self { name, meta, store, state: RwLock::new(state), index, writer: Mutex::new(()) })
+        Ok(Self {
+            name,
+            meta,
+            store,
+            state: RwLock::new(state),
+            index,
+            writer: Mutex::new(()),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -130,7 +163,11 @@ impl Gallery {
     /// Checks a descriptor against this gallery and returns it unit length.
     pub fn prepare(&self, v: &[f32]) -> Result<Vec<f32>, GalleryError> {
         if v.len() != self.dims() {
-            return Err(GalleryError::Dims { gallery: self.name.clone(), got: v.len(), want: self.dims() });
+            return Err(GalleryError::Dims {
+                gallery: self.name.clone(),
+                got: v.len(),
+                want: self.dims(),
+            });
         }
         crate::index::distance::normalised(v).ok_or(GalleryError::Degenerate)
     }
@@ -141,7 +178,11 @@ impl Gallery {
         for it in &items {
             validate_id(&it.id)?;
             if it.vector.len() != self.dims() {
-                return Err(GalleryError::Dims { gallery: self.name.clone(), got: it.vector.len(), want: self.dims() });
+                return Err(GalleryError::Dims {
+                    gallery: self.name.clone(),
+                    got: it.vector.len(),
+                    want: self.dims(),
+                });
             }
         }
         let _w = self.writer.lock();
@@ -149,9 +190,17 @@ impl Gallery {
         let records: Vec<ItemRecord> = items
             .iter()
             .enumerate()
-            .map(|(i, it)| ItemRecord { seq: first_seq + i as u64, descriptor: it.vector.clone(), metadata: it.metadata.clone() })
+            .map(|(i, it)| ItemRecord {
+                seq: first_seq + i as u64,
+                descriptor: it.vector.clone(),
+                metadata: it.metadata.clone(),
+            })
             .collect();
-        let changes: Vec<Change> = items.iter().zip(&records).map(|(it, r)| Change::Put(&it.id, r)).collect();
+        let changes: Vec<Change> = items
+            .iter()
+            .zip(&records)
+            .map(|(it, r)| Change::Put(&it.id, r))
+            .collect();
         let replaced = self.store.write(&self.name, &changes)?;
         drop(changes);
 
@@ -159,7 +208,14 @@ impl Gallery {
         state.next_seq = first_seq + items.len() as u64;
         for (it, rec) in items.into_iter().zip(records) {
             let vector: Vector = rec.descriptor.into();
-            if let Some(old) = state.items.insert(it.id.clone(), Entry { seq: rec.seq, metadata: rec.metadata, vector: vector.clone() }) {
+            if let Some(old) = state.items.insert(
+                it.id.clone(),
+                Entry {
+                    seq: rec.seq,
+                    metadata: rec.metadata,
+                    vector: vector.clone(),
+                },
+            ) {
                 state.by_seq.remove(&old.seq);
             }
             state.by_seq.insert(rec.seq, it.id);
@@ -199,7 +255,11 @@ impl Gallery {
         let state = self.state.read();
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut it = state.items.range::<str, _>((start, Bound::Unbounded));
-        let page: Vec<_> = it.by_ref().take(limit).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let page: Vec<_> = it
+            .by_ref()
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let more = it.next().is_some();
         (page, more)
     }
@@ -217,15 +277,24 @@ impl Gallery {
         let state = self.state.read();
         let matches = |e: &Entry| p.filter.iter().all(|(k, v)| e.metadata.get(k) == Some(v));
         let wanted = p.k + usize::from(p.exclude.is_some());
-        let raw: Vec<(u64, f32)> = if p.exact || (!p.filter.is_empty() && state.items.len() <= EXACT_FILTER_LIMIT) {
-            let cands = state.items.values().filter(|e| matches(e)).map(|e| (e.seq, &e.vector[..]));
-            exact::top_k(q, cands, wanted)
-        } else {
-            let keep = |seq: u64| {
-                state.by_seq.get(&seq).and_then(|id| state.items.get(id)).is_some_and(|e| e.seq == seq && matches(e))
+        let raw: Vec<(u64, f32)> =
+            if p.exact || (!p.filter.is_empty() && state.items.len() <= EXACT_FILTER_LIMIT) {
+                let cands = state
+                    .items
+                    .values()
+                    .filter(|e| matches(e))
+                    .map(|e| (e.seq, &e.vector[..]));
+                exact::top_k(q, cands, wanted)
+            } else {
+                let keep = |seq: u64| {
+                    state
+                        .by_seq
+                        .get(&seq)
+                        .and_then(|id| state.items.get(id))
+                        .is_some_and(|e| e.seq == seq && matches(e))
+                };
+                self.index.search(q, wanted, p.ef, &keep)
             };
-            self.index.search(q, wanted, p.ef, &keep)
-        };
         raw.into_iter()
             .filter_map(|(seq, distance)| {
                 let id = state.by_seq.get(&seq)?;
@@ -233,7 +302,11 @@ impl Gallery {
                     return None;
                 }
                 let e = state.items.get(id)?;
-                Some(Hit { id: id.clone(), distance, metadata: e.metadata.clone() })
+                Some(Hit {
+                    id: id.clone(),
+                    distance,
+                    metadata: e.metadata.clone(),
+                })
             })
             .take(p.k)
             .collect()
@@ -259,7 +332,10 @@ impl Gallery {
     fn maybe_rebuild(&self) {
         let stats = self.stats();
         let ratio = self.index.params().rebuild_tombstone_ratio;
-        if stats.index.rebuilding || stats.tombstones < 64 || (stats.tombstones as f64) < ratio * stats.count as f64 {
+        if stats.index.rebuilding
+            || stats.tombstones < 64
+            || (stats.tombstones as f64) < ratio * stats.count as f64
+        {
             return;
         }
         // Snapshot under the state lock right after marking the rebuild, so
@@ -268,7 +344,11 @@ impl Gallery {
         if !self.index.begin_rebuild() {
             return;
         }
-        let live: Vec<(u64, Vector)> = state.items.values().map(|e| (e.seq, e.vector.clone())).collect();
+        let live: Vec<(u64, Vector)> = state
+            .items
+            .values()
+            .map(|e| (e.seq, e.vector.clone()))
+            .collect();
         drop(state);
         let index = self.index.clone();
         let name = self.name.clone();
@@ -298,11 +378,19 @@ impl Galleries {
             tracing::info!(gallery = %name, items = g.len(), ms = t.elapsed().as_millis() as u64, "gallery loaded");
             map.insert(name, Arc::new(g));
         }
-        Ok(Self { store, params, map: RwLock::new(map) })
+        Ok(Self {
+            store,
+            params,
+            map: RwLock::new(map),
+        })
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Gallery>, GalleryError> {
-        self.map.read().get(name).cloned().ok_or_else(|| GalleryError::NoGallery(name.to_string()))
+        self.map
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| GalleryError::NoGallery(name.to_string()))
     }
 
     pub fn list(&self) -> Vec<Arc<Gallery>> {
@@ -315,11 +403,18 @@ impl Galleries {
         if map.contains_key(name) {
             return Err(GalleryError::Exists(name.to_string()));
         }
-        self.store.create_gallery(name, &meta).map_err(|e| match e {
-            StoreError::GalleryExists(n) => GalleryError::Exists(n),
-            e => e.into(),
-        })?;
-        let g = Arc::new(Gallery::open(name.to_string(), meta, self.store.clone(), self.params.clone())?);
+        self.store
+            .create_gallery(name, &meta)
+            .map_err(|e| match e {
+                StoreError::GalleryExists(n) => GalleryError::Exists(n),
+                e => e.into(),
+            })?;
+        let g = Arc::new(Gallery::open(
+            name.to_string(),
+            meta,
+            self.store.clone(),
+            self.params.clone(),
+        )?);
         map.insert(name.to_string(), g.clone());
         Ok(g)
     }
@@ -327,7 +422,10 @@ impl Galleries {
     /// Drops a gallery and its items; returns how many items it held.
     pub fn drop_gallery(&self, name: &str) -> Result<u64, GalleryError> {
         let mut map = self.map.write();
-        let g = map.get(name).cloned().ok_or_else(|| GalleryError::NoGallery(name.to_string()))?;
+        let g = map
+            .get(name)
+            .cloned()
+            .ok_or_else(|| GalleryError::NoGallery(name.to_string()))?;
         let _w = g.writer.lock();
         let n = self.store.drop_gallery(name)?;
         map.remove(name);
@@ -336,7 +434,9 @@ impl Galleries {
 }
 
 fn validate_gallery_name(name: &str) -> Result<(), GalleryError> {
-    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if name.is_empty() || name.len() > 64 || !ok_chars {
         return Err(GalleryError::InvalidName {
             what: "gallery name",
@@ -349,7 +449,11 @@ fn validate_gallery_name(name: &str) -> Result<(), GalleryError> {
 
 fn validate_id(id: &str) -> Result<(), GalleryError> {
     if id.is_empty() || id.len() > 512 {
-        return Err(GalleryError::InvalidName { what: "item id", value: id.to_string(), why: "ids are 1-512 bytes" });
+        return Err(GalleryError::InvalidName {
+            what: "item id",
+            value: id.to_string(),
+            why: "ids are 1-512 bytes",
+        });
     }
     Ok(())
 }

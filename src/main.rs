@@ -13,7 +13,11 @@ use lookalike::embed::Engine;
 use lookalike::gallery::Galleries;
 
 #[derive(Parser)]
-#[command(name = "lookalike", version, about = "Image retrieval service: find the gallery images of the same product")]
+#[command(
+    name = "lookalike",
+    version,
+    about = "Image retrieval service: find the gallery images of the same product"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,6 +33,8 @@ enum Command {
     Search(cli::SearchArgs),
     /// Remove items from a gallery.
     Rm(cli::RmArgs),
+    /// Score retrieval on labelled query and gallery lists, stage by stage.
+    Eval(lookalike::cli::eval::EvalArgs),
     /// Export or inspect embedding models.
     #[command(subcommand)]
     Model(cli::model::ModelCommand),
@@ -86,13 +92,16 @@ fn main() -> anyhow::Result<()> {
         Command::Rm(args) => rt.block_on(cli::rm(args)),
         Command::Stats { client } => rt.block_on(cli::stats(client)),
         Command::Model(cmd) => cli::model::run(cmd),
+        Command::Eval(args) => rt.block_on(cli::eval::run(args)),
     }
 }
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -130,7 +139,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading the model {}", cfg.model.display()))?;
     tracing::info!(model = %cfg.model.display(), fingerprint = engine.fingerprint(), dims = engine.dims(),
         provider = engine.provider().name(), "engine ready");
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let db = cfg.database_path();
     let params = cfg.index.clone();
     let galleries = tokio::task::spawn_blocking(move || Galleries::open(&db, params))
@@ -141,15 +151,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing the SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
             tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
         }
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
         tracing::info!("shutting down: finishing in-flight requests");
     };
-    let (addr, server) = lookalike::api::server::bind(&cfg, Arc::new(engine), Arc::new(galleries), shutdown).await?;
+    let (addr, server) =
+        lookalike::api::server::bind(&cfg, Arc::new(engine), Arc::new(galleries), shutdown).await?;
     // Tests and scripts wait for this line to know the port.
     tracing::info!(%addr, "listening");
     println!("listening on {addr}");

@@ -24,6 +24,9 @@ pub(super) struct Ingest {
     pub galleries: Arc<Galleries>,
 }
 
+/// One gallery's valid items of a round, with their slots in the outcome list.
+type Group = (Arc<Gallery>, Vec<(usize, NewItem)>);
+
 type Tx = mpsc::Sender<Result<pb::AddResponse, Status>>;
 
 /// One item on its way through a round.
@@ -47,12 +50,18 @@ impl Ingest {
                 match item {
                     Ok(item) => items.push(item),
                     Err(status) => {
-                        stream_error = Some(if is_message_too_large(&status) { too_large(&status) } else { status });
+                        stream_error = Some(if is_message_too_large(&status) {
+                            too_large(&status)
+                        } else {
+                            status
+                        });
                         break;
                     }
                 }
             }
-            let pending = self.prepare(items, &mut current_gallery, &mut next_index).await;
+            let pending = self
+                .prepare(items, &mut current_gallery, &mut next_index)
+                .await;
             let outcomes = self.commit(pending).await;
             for o in outcomes {
                 match Outcome::try_from(o.status) {
@@ -60,7 +69,13 @@ impl Ingest {
                     Ok(Outcome::Replaced) => summary.replaced += 1,
                     _ => summary.rejected += 1,
                 }
-                if tx.send(Ok(pb::AddResponse { kind: Some(Kind::Outcome(o)) })).await.is_err() {
+                if tx
+                    .send(Ok(pb::AddResponse {
+                        kind: Some(Kind::Outcome(o)),
+                    }))
+                    .await
+                    .is_err()
+                {
                     return; // client gone; what was committed stays committed
                 }
             }
@@ -69,11 +84,20 @@ impl Ingest {
                 return;
             }
         }
-        let _ = tx.send(Ok(pb::AddResponse { kind: Some(Kind::Summary(summary)) })).await;
+        let _ = tx
+            .send(Ok(pb::AddResponse {
+                kind: Some(Kind::Summary(summary)),
+            }))
+            .await;
     }
 
     /// Validates and embeds one round of items, concurrently.
-    async fn prepare(&self, items: Vec<pb::AddItem>, current: &mut String, next_index: &mut u64) -> Vec<Pending> {
+    async fn prepare(
+        &self,
+        items: Vec<pb::AddItem>,
+        current: &mut String,
+        next_index: &mut u64,
+    ) -> Vec<Pending> {
         let jobs = items.into_iter().map(|item| {
             if !item.gallery.is_empty() {
                 *current = item.gallery.clone();
@@ -83,8 +107,21 @@ impl Ingest {
             let gallery_name = current.clone();
             async move {
                 let gallery = self.galleries.get(&gallery_name).ok();
-                let result = self.item(gallery.as_deref(), &gallery_name, item.content, item.metadata, &item.id).await;
-                Pending { index, id: item.id, gallery, result }
+                let result = self
+                    .item(
+                        gallery.as_deref(),
+                        &gallery_name,
+                        item.content,
+                        item.metadata,
+                        &item.id,
+                    )
+                    .await;
+                Pending {
+                    index,
+                    id: item.id,
+                    gallery,
+                    result,
+                }
             }
         });
         futures::future::join_all(jobs).await
@@ -100,8 +137,14 @@ impl Ingest {
     ) -> Result<NewItem, String> {
         let g = match gallery {
             Some(g) => g,
-            None if gallery_name.is_empty() => return Err("no gallery named on this item or an earlier one".into()),
-            None => return Err(format!("gallery {gallery_name:?} does not exist; create it first")),
+            None if gallery_name.is_empty() => {
+                return Err("no gallery named on this item or an earlier one".into())
+            }
+            None => {
+                return Err(format!(
+                    "gallery {gallery_name:?} does not exist; create it first"
+                ))
+            }
         };
         if id.is_empty() || id.len() > 512 {
             return Err("item id must be 1-512 bytes".into());
@@ -111,21 +154,36 @@ impl Ingest {
                 check_model(&self.engine, g).map_err(|s| s.message().to_string())?;
                 self.engine.embed(bytes).await.map_err(|e| e.to_string())?.0
             }
-            Some(Content::Descriptor(d)) => check_descriptor(g, &d).map_err(|s| s.message().to_string())?,
+            Some(Content::Descriptor(d)) => {
+                check_descriptor(g, &d).map_err(|s| s.message().to_string())?
+            }
             None => return Err("item has neither image nor descriptor".into()),
         };
-        Ok(NewItem { id: id.to_string(), vector, metadata: metadata.into_iter().collect() })
+        Ok(NewItem {
+            id: id.to_string(),
+            vector,
+            metadata: metadata.into_iter().collect(),
+        })
     }
 
     /// Commits the valid items (one transaction per gallery) and returns
     /// every item's outcome in stream order.
     async fn commit(&self, pending: Vec<Pending>) -> Vec<pb::ItemOutcome> {
         let mut outcomes: Vec<pb::ItemOutcome> = Vec::with_capacity(pending.len());
-        let mut groups: BTreeMap<String, (Arc<Gallery>, Vec<(usize, NewItem)>)> = BTreeMap::new();
+        let mut groups: BTreeMap<String, Group> = BTreeMap::new();
         for (slot, p) in pending.into_iter().enumerate() {
-            let mut outcome = pb::ItemOutcome { id: p.id, status: Outcome::Rejected as i32, reason: String::new(), index: p.index };
+            let mut outcome = pb::ItemOutcome {
+                id: p.id,
+                status: Outcome::Rejected as i32,
+                reason: String::new(),
+                index: p.index,
+            };
             match (p.result, p.gallery) {
-                (Ok(item), Some(g)) => groups.entry(g.name().to_string()).or_insert_with(|| (g, Vec::new())).1.push((slot, item)),
+                (Ok(item), Some(g)) => groups
+                    .entry(g.name().to_string())
+                    .or_insert_with(|| (g, Vec::new()))
+                    .1
+                    .push((slot, item)),
                 (Err(reason), _) => outcome.reason = reason,
                 (Ok(_), None) => outcome.reason = "gallery disappeared".into(),
             }
@@ -137,11 +195,16 @@ impl Ingest {
             match result {
                 Ok(Ok(replaced)) => {
                     for (slot, r) in slots.into_iter().zip(replaced) {
-                        outcomes[slot].status = if r { Outcome::Replaced } else { Outcome::Added } as i32;
+                        outcomes[slot].status =
+                            if r { Outcome::Replaced } else { Outcome::Added } as i32;
                     }
                 }
-                Ok(Err(e)) => slots.iter().for_each(|&s| outcomes[s].reason = e.to_string()),
-                Err(e) => slots.iter().for_each(|&s| outcomes[s].reason = format!("commit task failed: {e}")),
+                Ok(Err(e)) => slots
+                    .iter()
+                    .for_each(|&s| outcomes[s].reason = e.to_string()),
+                Err(e) => slots
+                    .iter()
+                    .for_each(|&s| outcomes[s].reason = format!("commit task failed: {e}")),
             }
         }
         outcomes

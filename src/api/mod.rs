@@ -12,5 +12,6 @@ pub mod pb {
     tonic::include_proto!("lookalike.v1");
 
     /// Encoded descriptor set, served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lookalike_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("lookalike_descriptor");
 }

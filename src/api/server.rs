@@ -18,7 +18,10 @@ use crate::gallery::Galleries;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server failed: {0}")]
@@ -34,11 +37,21 @@ pub async fn bind(
     galleries: Arc<Galleries>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, impl Future<Output = Result<(), ServeError>>), ServeError> {
-    let listener = TcpListener::bind(cfg.listen).await.map_err(|source| ServeError::Bind { addr: cfg.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: cfg.listen, source })?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<RetrievalServer<RetrievalService>>().await;
+    health_reporter
+        .set_serving::<RetrievalServer<RetrievalService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -51,7 +64,9 @@ pub async fn bind(
         let shutdown = async move {
             shutdown.await;
             // Load balancers see NOT_SERVING while in-flight calls drain.
-            health_reporter.set_not_serving::<RetrievalServer<RetrievalService>>().await;
+            health_reporter
+                .set_not_serving::<RetrievalServer<RetrievalService>>()
+                .await;
         };
         Server::builder()
             .layer(tower::util::MapResponseLayer::new(remap_too_large))
@@ -70,8 +85,14 @@ pub async fn bind(
 fn remap_too_large<B>(mut resp: http::Response<B>) -> http::Response<B> {
     let h = resp.headers_mut();
     let too_large = h.get("grpc-status").is_some_and(|v| v == "11")
-        && h.get("grpc-message").is_some_and(|m| m.to_str().unwrap_or("").contains("message%20length%20too%20large")
-            || m.to_str().unwrap_or("").contains("message length too large"));
+        && h.get("grpc-message").is_some_and(|m| {
+            m.to_str()
+                .unwrap_or("")
+                .contains("message%20length%20too%20large")
+                || m.to_str()
+                    .unwrap_or("")
+                    .contains("message length too large")
+        });
     if too_large {
         h.insert("grpc-status", http::HeaderValue::from_static("8"));
     }

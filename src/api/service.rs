@@ -90,7 +90,10 @@ pub(super) fn check_descriptor(g: &Gallery, d: &pb::Descriptor) -> Result<Vec<f3
 }
 
 fn timing(stage: &str, since: Instant) -> pb::StageTiming {
-    pb::StageTiming { stage: stage.to_string(), micros: since.elapsed().as_micros() as u64 }
+    pb::StageTiming {
+        stage: stage.to_string(),
+        micros: since.elapsed().as_micros() as u64,
+    }
 }
 
 fn to_metadata(m: HashMap<String, String>) -> Metadata {
@@ -107,7 +110,11 @@ fn blocking_failed(e: tokio::task::JoinError) -> Status {
 fn expand_query(q: &[f32], neighbours: &[Arc<[f32]>], alpha: f32) -> Option<Vec<f32>> {
     let mut out = q.to_vec();
     for g in neighbours {
-        let w = if alpha > 0.0 { crate::index::distance::dot(q, g).max(0.0).powf(alpha) } else { 1.0 };
+        let w = if alpha > 0.0 {
+            crate::index::distance::dot(q, g).max(0.0).powf(alpha)
+        } else {
+            1.0
+        };
         for (o, x) in out.iter_mut().zip(g.iter()) {
             *o += w * x;
         }
@@ -124,18 +131,27 @@ impl Retrieval for RetrievalService {
         request: Request<Streaming<pb::AddItem>>,
     ) -> Result<Response<Self::AddToGalleryStream>, Status> {
         let (tx, rx) = mpsc::channel(64);
-        let ctx = ingest::Ingest { engine: self.engine.clone(), galleries: self.galleries.clone() };
+        let ctx = ingest::Ingest {
+            engine: self.engine.clone(),
+            galleries: self.galleries.clone(),
+        };
         tokio::spawn(ctx.run(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn search(&self, request: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
+    async fn search(
+        &self,
+        request: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
         let req = request.into_inner();
         let g = self.gallery(&req.gallery)?;
         let k = match req.top_k {
             0 => self.default_top_k,
             k if k > self.max_top_k => {
-                return Err(Status::invalid_argument(format!("top_k {k} is over the limit of {}", self.max_top_k)))
+                return Err(Status::invalid_argument(format!(
+                    "top_k {k} is over the limit of {}",
+                    self.max_top_k
+                )))
             }
             k => k,
         } as usize;
@@ -145,79 +161,153 @@ impl Retrieval for RetrievalService {
             Some(pb::search_request::Query::Image(bytes)) => {
                 check_model(&self.engine, &g)?;
                 let (v, t) = self.engine.embed(bytes).await?;
-                timings.push(pb::StageTiming { stage: "decode".into(), micros: t.decode.as_micros() as u64 });
-                timings.push(pb::StageTiming { stage: "embed".into(), micros: t.infer.as_micros() as u64 });
+                timings.push(pb::StageTiming {
+                    stage: "decode".into(),
+                    micros: t.decode.as_micros() as u64,
+                });
+                timings.push(pb::StageTiming {
+                    stage: "embed".into(),
+                    micros: t.infer.as_micros() as u64,
+                });
                 v
             }
             Some(pb::search_request::Query::Descriptor(d)) => check_descriptor(&g, &d)?,
             Some(pb::search_request::Query::ItemId(id)) => {
-                let e = g.get(&id).ok_or_else(|| Status::not_found(format!("item {id:?} is not in gallery {:?}", g.name())))?;
+                let e = g.get(&id).ok_or_else(|| {
+                    Status::not_found(format!("item {id:?} is not in gallery {:?}", g.name()))
+                })?;
                 exclude = Some(id);
                 e.vector.to_vec()
             }
-            None => return Err(Status::invalid_argument("set one of image, descriptor or item_id as the query")),
+            None => {
+                return Err(Status::invalid_argument(
+                    "set one of image, descriptor or item_id as the query",
+                ))
+            }
         };
         let pp = req.post_processing.unwrap_or_default();
         if pp.k_reciprocal.as_ref().is_some_and(|kr| kr.enabled) {
-            return Err(Status::unimplemented("k-reciprocal re-ranking is not available in this version yet"));
+            return Err(Status::unimplemented(
+                "k-reciprocal re-ranking is not available in this version yet",
+            ));
         }
         let qe = pp.query_expansion.unwrap_or(pb::QueryExpansion {
             enabled: self.pp.query_expansion,
             k: self.pp.qe_k,
             alpha: self.pp.qe_alpha,
         });
-        if qe.enabled && (qe.k == 0 || qe.k > self.max_top_k || !qe.alpha.is_finite() || qe.alpha < 0.0) {
-            return Err(Status::invalid_argument("query_expansion needs 1 <= k <= max_top_k and alpha >= 0"));
+        if qe.enabled
+            && (qe.k == 0 || qe.k > self.max_top_k || !qe.alpha.is_finite() || qe.alpha < 0.0)
+        {
+            return Err(Status::invalid_argument(
+                "query_expansion needs 1 <= k <= max_top_k and alpha >= 0",
+            ));
         }
-        let ef = if req.ef_search == 0 { g.default_ef() } else { req.ef_search as usize };
+        let ef = if req.ef_search == 0 {
+            g.default_ef()
+        } else {
+            req.ef_search as usize
+        };
         let filter = to_metadata(req.filter);
         let started = Instant::now();
         let (hits, qe_micros) = tokio::task::spawn_blocking(move || {
-            let params = SearchParams { k, ef, exact: req.exact, filter: &filter, exclude: exclude.as_deref() };
+            let params = SearchParams {
+                k,
+                ef,
+                exact: req.exact,
+                filter: &filter,
+                exclude: exclude.as_deref(),
+            };
             if !qe.enabled {
                 return (g.search(&query, &params), None);
             }
-            let first = g.search(&query, &SearchParams { k: qe.k as usize, ..params });
+            let first = g.search(
+                &query,
+                &SearchParams {
+                    k: qe.k as usize,
+                    ..params
+                },
+            );
             let t = Instant::now();
-            let neighbours: Vec<_> = first.iter().filter_map(|h| g.get(&h.id)).map(|e| e.vector).collect();
+            let neighbours: Vec<_> = first
+                .iter()
+                .filter_map(|h| g.get(&h.id))
+                .map(|e| e.vector)
+                .collect();
             let q2 = expand_query(&query, &neighbours, qe.alpha).unwrap_or(query);
             let micros = t.elapsed().as_micros() as u64;
-            let params = SearchParams { k, ef, exact: req.exact, filter: &filter, exclude: exclude.as_deref() };
+            let params = SearchParams {
+                k,
+                ef,
+                exact: req.exact,
+                filter: &filter,
+                exclude: exclude.as_deref(),
+            };
             (g.search(&q2, &params), Some(micros))
         })
         .await
         .map_err(blocking_failed)?;
         if let Some(m) = qe_micros {
-            timings.push(pb::StageTiming { stage: "query_expansion".into(), micros: m });
+            timings.push(pb::StageTiming {
+                stage: "query_expansion".into(),
+                micros: m,
+            });
         }
         timings.push(timing("search", started));
         let hits = hits
             .into_iter()
-            .map(|h| pb::Hit { id: h.id, distance: h.distance, metadata: h.metadata.into_iter().collect() })
+            .map(|h| pb::Hit {
+                id: h.id,
+                distance: h.distance,
+                metadata: h.metadata.into_iter().collect(),
+            })
             .collect();
         Ok(Response::new(pb::SearchResponse { hits, timings }))
     }
 
-    async fn remove_from_gallery(&self, request: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
+    async fn remove_from_gallery(
+        &self,
+        request: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
         let req = request.into_inner();
         let g = self.gallery(&req.gallery)?;
         let n = req.ids.len();
-        let not_found = tokio::task::spawn_blocking(move || g.remove(&req.ids)).await.map_err(blocking_failed)??;
-        Ok(Response::new(pb::RemoveResponse { removed: (n - not_found.len()) as u64, not_found }))
+        let not_found = tokio::task::spawn_blocking(move || g.remove(&req.ids))
+            .await
+            .map_err(blocking_failed)??;
+        Ok(Response::new(pb::RemoveResponse {
+            removed: (n - not_found.len()) as u64,
+            not_found,
+        }))
     }
 
-    async fn get_item(&self, request: Request<pb::GetItemRequest>) -> Result<Response<pb::Item>, Status> {
+    async fn get_item(
+        &self,
+        request: Request<pb::GetItemRequest>,
+    ) -> Result<Response<pb::Item>, Status> {
         let req = request.into_inner();
         let g = self.gallery(&req.gallery)?;
-        let e = g.get(&req.id).ok_or_else(|| Status::not_found(format!("item {:?} is not in gallery {:?}", req.id, req.gallery)))?;
+        let e = g.get(&req.id).ok_or_else(|| {
+            Status::not_found(format!(
+                "item {:?} is not in gallery {:?}",
+                req.id, req.gallery
+            ))
+        })?;
         let descriptor = req.include_descriptor.then(|| pb::Descriptor {
             values: e.vector.to_vec(),
             model_fingerprint: g.meta().model_fingerprint.clone(),
         });
-        Ok(Response::new(pb::Item { id: req.id, metadata: e.metadata.into_iter().collect(), descriptor }))
+        Ok(Response::new(pb::Item {
+            id: req.id,
+            metadata: e.metadata.into_iter().collect(),
+            descriptor,
+        }))
     }
 
-    async fn list_items(&self, request: Request<pb::ListItemsRequest>) -> Result<Response<pb::ListItemsResponse>, Status> {
+    async fn list_items(
+        &self,
+        request: Request<pb::ListItemsRequest>,
+    ) -> Result<Response<pb::ListItemsResponse>, Status> {
         let req = request.into_inner();
         let g = self.gallery(&req.gallery)?;
         let size = match req.page_size {
@@ -226,47 +316,97 @@ impl Retrieval for RetrievalService {
         };
         let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
         let (page, more) = g.list(after, size);
-        let next_page_token = if more { page.last().map(|(id, _)| id.clone()).unwrap_or_default() } else { String::new() };
+        let next_page_token = if more {
+            page.last().map(|(id, _)| id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
         let items = page
             .into_iter()
-            .map(|(id, e)| pb::Item { id, metadata: e.metadata.into_iter().collect(), descriptor: None })
+            .map(|(id, e)| pb::Item {
+                id,
+                metadata: e.metadata.into_iter().collect(),
+                descriptor: None,
+            })
             .collect();
-        Ok(Response::new(pb::ListItemsResponse { items, next_page_token }))
+        Ok(Response::new(pb::ListItemsResponse {
+            items,
+            next_page_token,
+        }))
     }
 
-    async fn gallery_stats(&self, request: Request<pb::GalleryStatsRequest>) -> Result<Response<pb::GalleryStatsResponse>, Status> {
+    async fn gallery_stats(
+        &self,
+        request: Request<pb::GalleryStatsRequest>,
+    ) -> Result<Response<pb::GalleryStatsResponse>, Status> {
         let g = self.gallery(&request.into_inner().gallery)?;
         Ok(Response::new(self.stats(&g)))
     }
 
-    async fn embed(&self, request: Request<pb::EmbedRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
+    async fn embed(
+        &self,
+        request: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
         let (values, t) = self.engine.embed(request.into_inner().image).await?;
         Ok(Response::new(pb::EmbedResponse {
-            descriptor: Some(pb::Descriptor { values, model_fingerprint: self.engine.fingerprint().to_string() }),
+            descriptor: Some(pb::Descriptor {
+                values,
+                model_fingerprint: self.engine.fingerprint().to_string(),
+            }),
             timings: vec![
-                pb::StageTiming { stage: "decode".into(), micros: t.decode.as_micros() as u64 },
-                pb::StageTiming { stage: "embed".into(), micros: t.infer.as_micros() as u64 },
+                pb::StageTiming {
+                    stage: "decode".into(),
+                    micros: t.decode.as_micros() as u64,
+                },
+                pb::StageTiming {
+                    stage: "embed".into(),
+                    micros: t.infer.as_micros() as u64,
+                },
             ],
         }))
     }
 
-    async fn create_gallery(&self, request: Request<pb::CreateGalleryRequest>) -> Result<Response<pb::CreateGalleryResponse>, Status> {
+    async fn create_gallery(
+        &self,
+        request: Request<pb::CreateGalleryRequest>,
+    ) -> Result<Response<pb::CreateGalleryResponse>, Status> {
         let name = request.into_inner().gallery;
-        let meta = GalleryMeta { model_fingerprint: self.engine.fingerprint().to_string(), dims: self.engine.dims() as u32 };
+        let meta = GalleryMeta {
+            model_fingerprint: self.engine.fingerprint().to_string(),
+            dims: self.engine.dims() as u32,
+        };
         let galleries = self.galleries.clone();
-        let g = tokio::task::spawn_blocking(move || galleries.create(&name, meta)).await.map_err(blocking_failed)??;
-        Ok(Response::new(pb::CreateGalleryResponse { model_fingerprint: g.meta().model_fingerprint.clone(), dims: g.meta().dims }))
+        let g = tokio::task::spawn_blocking(move || galleries.create(&name, meta))
+            .await
+            .map_err(blocking_failed)??;
+        Ok(Response::new(pb::CreateGalleryResponse {
+            model_fingerprint: g.meta().model_fingerprint.clone(),
+            dims: g.meta().dims,
+        }))
     }
 
-    async fn drop_gallery(&self, request: Request<pb::DropGalleryRequest>) -> Result<Response<pb::DropGalleryResponse>, Status> {
+    async fn drop_gallery(
+        &self,
+        request: Request<pb::DropGalleryRequest>,
+    ) -> Result<Response<pb::DropGalleryResponse>, Status> {
         let name = request.into_inner().gallery;
         let galleries = self.galleries.clone();
-        let n = tokio::task::spawn_blocking(move || galleries.drop_gallery(&name)).await.map_err(blocking_failed)??;
+        let n = tokio::task::spawn_blocking(move || galleries.drop_gallery(&name))
+            .await
+            .map_err(blocking_failed)??;
         Ok(Response::new(pb::DropGalleryResponse { removed_items: n }))
     }
 
-    async fn list_galleries(&self, _: Request<pb::ListGalleriesRequest>) -> Result<Response<pb::ListGalleriesResponse>, Status> {
-        let galleries = self.galleries.list().iter().map(|g| self.stats(g)).collect();
+    async fn list_galleries(
+        &self,
+        _: Request<pb::ListGalleriesRequest>,
+    ) -> Result<Response<pb::ListGalleriesResponse>, Status> {
+        let galleries = self
+            .galleries
+            .list()
+            .iter()
+            .map(|g| self.stats(g))
+            .collect();
         Ok(Response::new(pb::ListGalleriesResponse { galleries }))
     }
 }

@@ -26,9 +26,9 @@ impl From<GalleryError> for Status {
         let code = match &e {
             GalleryError::NoGallery(_) | GalleryError::NoItem { .. } => Code::NotFound,
             GalleryError::Exists(_) => Code::AlreadyExists,
-            GalleryError::InvalidName { .. } | GalleryError::Dims { .. } | GalleryError::Degenerate => {
-                Code::InvalidArgument
-            }
+            GalleryError::InvalidName { .. }
+            | GalleryError::Dims { .. }
+            | GalleryError::Degenerate => Code::InvalidArgument,
             GalleryError::Store(_) => Code::Internal,
         };
         if code == Code::Internal {
@@ -45,5 +45,8 @@ pub fn is_message_too_large(status: &Status) -> bool {
 }
 
 pub fn too_large(status: &Status) -> Status {
-    Status::resource_exhausted(format!("{}; send smaller images or raise max_message_bytes", status.message()))
+    Status::resource_exhausted(format!(
+        "{}; send smaller images or raise max_message_bytes",
+        status.message()
+    ))
 }

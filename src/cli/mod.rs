@@ -4,19 +4,26 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+pub mod eval;
 pub mod model;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use tonic::transport::Channel;
 
-use crate::api::pb::{self, add_item::Content, add_response::Kind, retrieval_client::RetrievalClient};
+use crate::api::pb::{
+    self, add_item::Content, add_response::Kind, retrieval_client::RetrievalClient,
+};
 
 /// Where the server is.
 #[derive(clap::Args, Clone)]
 pub struct ClientArgs {
     /// Server address.
-    #[arg(long, env = "LOOKALIKE_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "LOOKALIKE_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub server: String,
     /// Gallery to work on.
     #[arg(long, short, default_value = "default")]
@@ -62,7 +69,9 @@ pub async fn connect(server: &str) -> anyhow::Result<RetrievalClient<Channel>> {
     let client = RetrievalClient::connect(server.to_string())
         .await
         .with_context(|| format!("connecting to {server} (is `lookalike serve` running?)"))?;
-    Ok(client.max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
+    Ok(client
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
 }
 
 const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "bmp", "gif"];
@@ -74,7 +83,11 @@ pub fn collect_images(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
             for entry in std::fs::read_dir(p).with_context(|| format!("reading {}", p.display()))? {
                 walk(&entry?.path(), out)?;
             }
-        } else if p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())) {
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        {
             out.push(p.to_path_buf());
         }
         Ok(())
@@ -96,27 +109,51 @@ pub async fn add(args: AddArgs) -> anyhow::Result<()> {
         bail!("no images (jpg, jpeg, png, webp, bmp, gif) under the given paths");
     }
     let mut client = connect(&args.client.server).await?;
-    match client.create_gallery(pb::CreateGalleryRequest { gallery: args.client.gallery.clone() }).await {
+    match client
+        .create_gallery(pb::CreateGalleryRequest {
+            gallery: args.client.gallery.clone(),
+        })
+        .await
+    {
         Ok(_) => eprintln!("created gallery {:?}", args.client.gallery),
         Err(s) if s.code() == tonic::Code::AlreadyExists => {}
-        Err(s) => bail!("creating gallery {:?}: {}", args.client.gallery, s.message()),
+        Err(s) => bail!(
+            "creating gallery {:?}: {}",
+            args.client.gallery,
+            s.message()
+        ),
     }
     let bar = ProgressBar::new(files.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let gallery = args.client.gallery.clone();
     let strip = args.strip_prefix.clone();
     let items = files.clone().into_iter().map(move |path| {
         let id = match &strip {
-            Some(prefix) => path.strip_prefix(prefix).unwrap_or(&path).display().to_string(),
+            Some(prefix) => path
+                .strip_prefix(prefix)
+                .unwrap_or(&path)
+                .display()
+                .to_string(),
             None => path.display().to_string(),
         };
         let content = match std::fs::read(&path) {
             Ok(bytes) => Some(Content::Image(bytes)),
             Err(_) => None, // the server rejects it with a reason
         };
-        pb::AddItem { gallery: gallery.clone(), id, content, metadata: HashMap::new() }
+        pb::AddItem {
+            gallery: gallery.clone(),
+            id,
+            content,
+            metadata: HashMap::new(),
+        }
     });
-    let mut responses = client.add_to_gallery(tokio_stream::iter(items)).await?.into_inner();
+    let mut responses = client
+        .add_to_gallery(tokio_stream::iter(items))
+        .await?
+        .into_inner();
     let mut rejects = Vec::new();
     let mut summary = None;
     while let Some(resp) = responses.message().await? {
@@ -136,12 +173,16 @@ pub async fn add(args: AddArgs) -> anyhow::Result<()> {
         eprintln!("rejected {id}: {reason}");
     }
     let s = summary.context("the server closed the stream without a summary")?;
-    println!("added {}, replaced {}, rejected {}", s.added, s.replaced, s.rejected);
+    println!(
+        "added {}, replaced {}, rejected {}",
+        s.added, s.replaced, s.rejected
+    );
     Ok(())
 }
 
 pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
-    let image = std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+    let image =
+        std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
     let mut client = connect(&args.client.server).await?;
     let resp = client
         .search(pb::SearchRequest {
@@ -157,7 +198,11 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
     for (rank, h) in resp.hits.iter().enumerate() {
         println!("{:>3}  {:.4}  {}", rank + 1, h.distance, h.id);
     }
-    let timings: Vec<String> = resp.timings.iter().map(|t| format!("{} {:.1} ms", t.stage, t.micros as f64 / 1000.0)).collect();
+    let timings: Vec<String> = resp
+        .timings
+        .iter()
+        .map(|t| format!("{} {:.1} ms", t.stage, t.micros as f64 / 1000.0))
+        .collect();
     eprintln!("{}", timings.join(", "));
     Ok(())
 }
@@ -165,7 +210,10 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
 pub async fn rm(args: RmArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.client.server).await?;
     let resp = client
-        .remove_from_gallery(pb::RemoveRequest { gallery: args.client.gallery, ids: args.ids })
+        .remove_from_gallery(pb::RemoveRequest {
+            gallery: args.client.gallery,
+            ids: args.ids,
+        })
         .await
         .map_err(|s| anyhow::anyhow!("remove failed: {}", s.message()))?
         .into_inner();
@@ -178,7 +226,10 @@ pub async fn rm(args: RmArgs) -> anyhow::Result<()> {
 
 pub async fn stats(args: ClientArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.server).await?;
-    let resp = client.list_galleries(pb::ListGalleriesRequest {}).await?.into_inner();
+    let resp = client
+        .list_galleries(pb::ListGalleriesRequest {})
+        .await?
+        .into_inner();
     for g in resp.galleries {
         let idx = g.index.unwrap_or_default();
         println!(

@@ -13,9 +13,7 @@ pub enum ModelCommand {
     /// Export a checkpoint as an ONNX embedding model and record it in a manifest.
     Export(ExportArgs),
     /// Print what a model file says about itself.
-    Inspect {
-        file: PathBuf,
-    },
+    Inspect { file: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -78,7 +76,8 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
                 ResizePolicyArg::ShorterSideCenterCrop => ResizePolicy::ShorterSideCenterCrop,
                 ResizePolicyArg::Square => ResizePolicy::Square,
             };
-            let exported = export(&opts).with_context(|| format!("exporting {}", a.weights.display()))?;
+            let exported =
+                export(&opts).with_context(|| format!("exporting {}", a.weights.display()))?;
             println!(
                 "wrote {} ({} bytes, {} parameters, {}-d descriptor)",
                 exported.path.display(),
@@ -90,7 +89,10 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
                 let mut manifest = match (a.append, path.exists()) {
                     (true, true) => Manifest::read(&path)?,
                     _ => Manifest {
-                        name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                        name: path
+                            .file_stem()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
                         backbones: Vec::new(),
                         projection: None,
                     },

@@ -10,8 +10,8 @@ use crossbeam_channel::{Receiver, Sender};
 use half::f16;
 use ndarray::{Array2, Array4};
 use ort::session::Session;
-use ort::value::TensorElementType;
 use ort::value::Tensor;
+use ort::value::TensorElementType;
 use tokio::sync::oneshot;
 
 use super::EmbedError;
@@ -36,7 +36,12 @@ pub struct Batcher {
 impl Batcher {
     /// Starts one worker thread per session. `input_size` is S of the
     /// `[N,3,S,S]` input.
-    pub fn start(name: &str, sessions: Vec<Session>, input_size: usize, opts: BatchOptions) -> Self {
+    pub fn start(
+        name: &str,
+        sessions: Vec<Session>,
+        input_size: usize,
+        opts: BatchOptions,
+    ) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let workers = sessions
             .into_iter()
@@ -49,7 +54,10 @@ impl Batcher {
                     .expect("spawning an inference thread")
             })
             .collect();
-        Self { tx: Some(tx), workers }
+        Self {
+            tx: Some(tx),
+            workers,
+        }
     }
 
     pub fn submit(&self, job: Job) -> Result<(), EmbedError> {
@@ -106,7 +114,10 @@ fn run_batch(session: &mut Session, batch: &[Job], size: usize) -> Result<Vec<Ve
         flat.extend_from_slice(&job.input);
     }
     let input = Array4::from_shape_vec((n, 3, size, size), flat).map_err(|e| e.to_string())?;
-    let input_type = session.inputs().first().and_then(|i| i.dtype().tensor_type());
+    let input_type = session
+        .inputs()
+        .first()
+        .and_then(|i| i.dtype().tensor_type());
     let outputs = if input_type == Some(TensorElementType::Float16) {
         let t = Tensor::from_array(input.mapv(f16::from_f32)).map_err(|e| e.to_string())?;
         session.run(ort::inputs![t])
@@ -117,14 +128,22 @@ fn run_batch(session: &mut Session, batch: &[Job], size: usize) -> Result<Vec<Ve
     .map_err(|e| e.to_string())?;
     let out = &outputs[0];
     let rows: Array2<f32> = match out.try_extract_array::<f32>() {
-        Ok(a) => a.to_owned().into_dimensionality().map_err(|e| e.to_string())?,
+        Ok(a) => a
+            .to_owned()
+            .into_dimensionality()
+            .map_err(|e| e.to_string())?,
         Err(_) => {
             let a = out.try_extract_array::<f16>().map_err(|e| e.to_string())?;
-            a.mapv(f16::to_f32).into_dimensionality().map_err(|e| e.to_string())?
+            a.mapv(f16::to_f32)
+                .into_dimensionality()
+                .map_err(|e| e.to_string())?
         }
     };
     if rows.nrows() != n {
-        return Err(format!("model returned {} rows for a batch of {n}", rows.nrows()));
+        return Err(format!(
+            "model returned {} rows for a batch of {n}",
+            rows.nrows()
+        ));
     }
     Ok(rows.outer_iter().map(|r| r.to_vec()).collect())
 }

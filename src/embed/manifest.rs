@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::preprocess::InputSpec;
-use crate::model::ManifestEntry;
 use super::EmbedError;
+use crate::model::ManifestEntry;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,13 +47,19 @@ pub fn input_spec(b: &Backbone) -> InputSpec {
 
 impl Manifest {
     pub fn read(path: &Path) -> Result<Self, EmbedError> {
-        let bad = |msg: String| EmbedError::Manifest { path: path.to_path_buf(), msg };
+        let bad = |msg: String| EmbedError::Manifest {
+            path: path.to_path_buf(),
+            msg,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         toml::from_str(&text).map_err(|e| bad(e.to_string()))
     }
 
     pub fn write(&self, path: &Path) -> Result<(), EmbedError> {
-        let bad = |msg: String| EmbedError::Manifest { path: path.to_path_buf(), msg };
+        let bad = |msg: String| EmbedError::Manifest {
+            path: path.to_path_buf(),
+            msg,
+        };
         let text = toml::to_string_pretty(self).map_err(|e| bad(e.to_string()))?;
         std::fs::write(path, text).map_err(|e| bad(e.to_string()))
     }
@@ -71,7 +77,10 @@ pub struct LoadedManifest {
 
 impl LoadedManifest {
     pub fn load(path: &Path) -> Result<Self, EmbedError> {
-        let bad = |msg: String| EmbedError::Manifest { path: path.to_path_buf(), msg };
+        let bad = |msg: String| EmbedError::Manifest {
+            path: path.to_path_buf(),
+            msg,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         let manifest: Manifest = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
         if manifest.backbones.is_empty() {
@@ -82,19 +91,28 @@ impl LoadedManifest {
         hash.update(text.as_bytes());
         for b in &manifest.backbones {
             if b.input_size == 0 || b.descriptor_dim == 0 || b.std.contains(&0.0) {
-                return Err(bad(format!("backbone {}: input_size, descriptor_dim and std must be non-zero", b.name)));
+                return Err(bad(format!(
+                    "backbone {}: input_size, descriptor_dim and std must be non-zero",
+                    b.name
+                )));
             }
             let file = dir.join(&b.onnx);
-            let bytes = std::fs::read(&file).map_err(|e| bad(format!("{}: {e}", file.display())))?;
+            let bytes =
+                std::fs::read(&file).map_err(|e| bad(format!("{}: {e}", file.display())))?;
             hash.update(&bytes);
         }
         if let Some(p) = &manifest.projection {
             let file = dir.join(&p.file);
-            let bytes = std::fs::read(&file).map_err(|e| bad(format!("{}: {e}", file.display())))?;
+            let bytes =
+                std::fs::read(&file).map_err(|e| bad(format!("{}: {e}", file.display())))?;
             hash.update(&bytes);
         }
         let fingerprint = hex::encode(&hash.finalize()[..8]);
-        Ok(Self { manifest, dir, fingerprint })
+        Ok(Self {
+            manifest,
+            dir,
+            fingerprint,
+        })
     }
 
     pub fn path_of(&self, rel: impl AsRef<Path>) -> PathBuf {
@@ -103,7 +121,11 @@ impl LoadedManifest {
 
     /// Dimension of the concatenated backbone descriptors.
     pub fn dims_before_projection(&self) -> usize {
-        self.manifest.backbones.iter().map(|b| b.descriptor_dim).sum()
+        self.manifest
+            .backbones
+            .iter()
+            .map(|b| b.descriptor_dim)
+            .sum()
     }
 
     /// Dimension of the ensemble's final descriptor.

@@ -46,27 +46,30 @@ pub struct EngineConfig {
     pub require_gpu: bool,
     /// Sessions (worker threads) per backbone.
     pub sessions: usize,
-    /// ONNX Runtime intra-op threads per session.
+    /// ONNX Runtime intra-op threads per session (0 = number of cores).
     pub intra_threads: usize,
     pub max_batch: usize,
     pub max_wait_ms: u64,
     /// Images admitted at once (decoding, queued or running).
     pub max_in_flight: usize,
-    #[serde(flatten)]
+    /// Upcast FP16 models to FP32 in memory on the CPU provider, where
+    /// FP16 runs about 2x slower (ORT wraps every op in casts).
+    pub upcast_fp16_on_cpu: bool,
+    /// Checked before decoding (`[embed.limits]`).
     pub limits: DecodeLimits,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Self {
             provider: ProviderChoice::Auto,
             require_gpu: false,
             sessions: 1,
-            intra_threads: cores,
+            intra_threads: 0,
             max_batch: 16,
             max_wait_ms: 2,
             max_in_flight: 256,
+            upcast_fp16_on_cpu: true,
             limits: DecodeLimits::default(),
         }
     }
@@ -106,13 +109,18 @@ pub struct EmbedTimings {
 
 impl Engine {
     /// Loads the manifest's backbones and starts their workers.
-    pub fn load(manifest_path: &Path, dylib: &Path, cfg: &EngineConfig) -> Result<Self, EmbedError> {
+    pub fn load(
+        manifest_path: &Path,
+        dylib: &Path,
+        cfg: &EngineConfig,
+    ) -> Result<Self, EmbedError> {
         let m = LoadedManifest::load(manifest_path)?;
         let env = runtime::environment(dylib)?;
         let opts = SessionOptions {
             provider: cfg.provider,
             require_gpu: cfg.require_gpu,
             intra_threads: cfg.intra_threads,
+            upcast_fp16: cfg.upcast_fp16_on_cpu,
         };
         let batch = BatchOptions {
             max_batch: cfg.max_batch.max(1),
@@ -133,10 +141,19 @@ impl Engine {
             }
             tracing::info!(backbone = %b.name, provider = provider.name(), "model loaded");
             let batcher = Batcher::start(&b.name, sessions, b.input_size, batch);
-            members.push(Member { spec: manifest::input_spec(b), dims: b.descriptor_dim, batcher });
+            members.push(Member {
+                spec: manifest::input_spec(b),
+                dims: b.descriptor_dim,
+                batcher,
+            });
         }
         let projection = match &m.manifest.projection {
-            Some(p) => Some(load_projection(&m.path_of(&p.file), m.dims_before_projection(), p.out_dims, manifest_path)?),
+            Some(p) => Some(load_projection(
+                &m.path_of(&p.file),
+                m.dims_before_projection(),
+                p.out_dims,
+                manifest_path,
+            )?),
             None => None,
         };
         Ok(Self {
@@ -182,7 +199,7 @@ impl Engine {
             specs
                 .iter()
                 .map(|s| {
-                    let mut row = vec![0.0; s.len()];
+                    let mut row = vec![0.0; s.values()];
                     preprocess::write_input(&img, s, &mut row)?;
                     Ok(row)
                 })
@@ -211,13 +228,17 @@ impl Engine {
             parts.push(out);
         }
         let descriptor = self.combine(parts)?;
-        let timings = EmbedTimings { decode: decoded - started, infer: decoded.elapsed() };
+        let timings = EmbedTimings {
+            decode: decoded - started,
+            infer: decoded.elapsed(),
+        };
         Ok((descriptor, timings))
     }
 
     /// Spec 1.4: per-model L2, concatenation, optional projection, L2.
     fn combine(&self, parts: Vec<Vec<f32>>) -> Result<Vec<f32>, EmbedError> {
-        let degenerate = || EmbedError::Runtime("the model produced a zero or non-finite descriptor".into());
+        let degenerate =
+            || EmbedError::Runtime("the model produced a zero or non-finite descriptor".into());
         let mut cat = Vec::with_capacity(self.dims);
         for p in parts {
             cat.extend(normalised(&p).ok_or_else(degenerate)?);
@@ -225,7 +246,13 @@ impl Engine {
         if let Some(proj) = &self.projection {
             let centred: Vec<f32> = cat.iter().zip(&proj.mean).map(|(x, m)| x - m).collect();
             cat = (0..proj.out_dims)
-                .map(|j| centred.iter().enumerate().map(|(i, x)| x * proj.w[i * proj.out_dims + j]).sum())
+                .map(|j| {
+                    centred
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| x * proj.w[i * proj.out_dims + j])
+                        .sum()
+                })
                 .collect();
         }
         normalised(&cat).ok_or_else(degenerate)
@@ -245,8 +272,16 @@ fn check_io(s: &ort::session::Session, path: &Path) -> Result<(), EmbedError> {
     Ok(())
 }
 
-fn load_projection(path: &Path, in_dims: usize, out_dims: usize, manifest: &Path) -> Result<Projection, EmbedError> {
-    let bad = |msg: String| EmbedError::Manifest { path: manifest.to_path_buf(), msg };
+fn load_projection(
+    path: &Path,
+    in_dims: usize,
+    out_dims: usize,
+    manifest: &Path,
+) -> Result<Projection, EmbedError> {
+    let bad = |msg: String| EmbedError::Manifest {
+        path: manifest.to_path_buf(),
+        msg,
+    };
     let bytes = std::fs::read(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
     let want = 4 * (in_dims + in_dims * out_dims);
     if bytes.len() != want {
@@ -256,8 +291,14 @@ fn load_projection(path: &Path, in_dims: usize, out_dims: usize, manifest: &Path
             bytes.len()
         )));
     }
-    let vals: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let vals: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     let (mean, w) = vals.split_at(in_dims);
-    Ok(Projection { mean: mean.to_vec(), w: w.to_vec(), out_dims })
+    Ok(Projection {
+        mean: mean.to_vec(),
+        w: w.to_vec(),
+        out_dims,
+    })
 }
-

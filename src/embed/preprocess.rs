@@ -21,7 +21,12 @@ pub enum ImageError {
     #[error("unrecognised image format: send JPEG, PNG, WebP, BMP or GIF")]
     UnknownFormat,
     #[error("image is {width}x{height} = {pixels} pixels, over the limit of {max} pixels; downscale it first")]
-    TooManyPixels { width: u32, height: u32, pixels: u64, max: u64 },
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        max: u64,
+    },
     #[error("image has zero width or height ({width}x{height})")]
     ZeroSize { width: u32, height: u32 },
     #[error("image could not be decoded: {0}")]
@@ -38,7 +43,10 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self { max_bytes: 20 << 20, max_pixels: 40_000_000 }
+        Self {
+            max_bytes: 20 << 20,
+            max_pixels: 40_000_000,
+        }
     }
 }
 
@@ -54,7 +62,7 @@ pub struct InputSpec {
 
 impl InputSpec {
     /// Number of f32 values one image occupies in the input tensor.
-    pub fn len(&self) -> usize {
+    pub fn values(&self) -> usize {
         3 * (self.input_size as usize).pow(2)
     }
 }
@@ -65,14 +73,24 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
         return Err(ImageError::Empty);
     }
     if bytes.len() > limits.max_bytes {
-        return Err(ImageError::TooLarge { size: bytes.len(), max: limits.max_bytes });
+        return Err(ImageError::TooLarge {
+            size: bytes.len(),
+            max: limits.max_bytes,
+        });
     }
     let decode_err = |e: image::ImageError| ImageError::Decode(e.to_string());
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| ImageError::Decode(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(ImageError::UnknownFormat);
+    match reader.format() {
+        None => return Err(ImageError::UnknownFormat),
+        // The JPEG decoder pads a cut-off file with grey instead of failing.
+        Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
+            return Err(ImageError::Decode(
+                "JPEG data is truncated (no end-of-image marker)".into(),
+            ))
+        }
+        Some(_) => {}
     }
     let mut reader = reader;
     reader.limits(Limits::no_limits()); // our own pixel check below, with a clearer message
@@ -83,7 +101,12 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
         return Err(ImageError::ZeroSize { width, height });
     }
     if pixels > limits.max_pixels {
-        return Err(ImageError::TooManyPixels { width, height, pixels, max: limits.max_pixels });
+        return Err(ImageError::TooManyPixels {
+            width,
+            height,
+            pixels,
+            max: limits.max_pixels,
+        });
     }
     let mut alloc_limit = Limits::default();
     alloc_limit.max_alloc = Some(pixels.saturating_mul(16).max(1 << 20));
@@ -92,6 +115,32 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
     let mut img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
     img.apply_orientation(orientation);
     Ok(img.into_rgb8())
+}
+
+/// Whether a JPEG's main image runs to its end-of-image marker. Walks the
+/// marker segments (skipping APPn, whose EXIF thumbnail has its own
+/// markers) to the first scan, then looks for EOI in the entropy-coded
+/// data, where a literal 0xFF is always stuffed as FF 00.
+fn jpeg_is_complete(b: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    while i + 4 <= b.len() {
+        if b[i] != 0xFF {
+            return false;
+        }
+        let marker = b[i + 1];
+        if marker == 0xFF {
+            i += 1; // fill byte
+            continue;
+        }
+        let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
+        if marker == 0xDA {
+            return b[i + 2 + len.min(b.len() - i - 2)..]
+                .windows(2)
+                .any(|w| w == [0xFF, 0xD9]);
+        }
+        i += 2 + len;
+    }
+    false
 }
 
 /// Resizes, crops and normalises `img` into `out` (CHW, `spec.len()` values).
@@ -106,10 +155,15 @@ pub fn write_input(img: &RgbImage, spec: &InputSpec, out: &mut [f32]) -> Result<
         // The crop window in source pixels: the region that becomes the
         // centred `size` square after scaling the shorter side to `resize`.
         let scale = spec.resize as f64 / w.min(h) as f64;
-        let (cw, ch) = ((size as f64 / scale).min(w as f64), (size as f64 / scale).min(h as f64));
+        let (cw, ch) = (
+            (size as f64 / scale).min(w as f64),
+            (size as f64 / scale).min(h as f64),
+        );
         opts = opts.crop((w as f64 - cw) / 2.0, (h as f64 - ch) / 2.0, cw, ch);
     }
-    Resizer::new().resize(&src, &mut dst, &opts).map_err(|e| resize_err(&e))?;
+    Resizer::new()
+        .resize(&src, &mut dst, &opts)
+        .map_err(|e| resize_err(&e))?;
     let plane = (size * size) as usize;
     debug_assert_eq!(out.len(), 3 * plane);
     for (i, px) in dst.buffer().chunks_exact(3).enumerate() {
@@ -132,27 +186,64 @@ mod tests {
     }
 
     fn spec(policy: ResizePolicy) -> InputSpec {
-        InputSpec { input_size: 4, resize: 4, policy, mean: [0.5; 3], std: [0.5; 3] }
+        InputSpec {
+            input_size: 4,
+            resize: 4,
+            policy,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        }
     }
 
     #[test]
     fn rejects_bad_bytes_with_specific_errors() {
         let l = DecodeLimits::default();
         assert_eq!(decode(&[], &l), Err(ImageError::Empty));
-        assert_eq!(decode(b"definitely not an image", &l), Err(ImageError::UnknownFormat));
+        assert_eq!(
+            decode(b"definitely not an image", &l),
+            Err(ImageError::UnknownFormat)
+        );
         let png = encode(&RgbImage::new(8, 8), ImageFormat::Png);
-        assert!(matches!(decode(&png[..png.len() / 2], &l), Err(ImageError::Decode(_))));
+        assert!(matches!(
+            decode(&png[..png.len() / 2], &l),
+            Err(ImageError::Decode(_))
+        ));
         let small = DecodeLimits { max_bytes: 10, ..l };
-        assert!(matches!(decode(&png, &small), Err(ImageError::TooLarge { .. })));
+        assert!(matches!(
+            decode(&png, &small),
+            Err(ImageError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_jpeg_is_refused_and_a_whole_one_decodes() {
+        let img = RgbImage::from_fn(64, 48, |x, y| Rgb([x as u8 * 4, y as u8 * 5, 128]));
+        let jpg = encode(&img, ImageFormat::Jpeg);
+        let l = DecodeLimits::default();
+        assert_eq!(decode(&jpg, &l).unwrap().dimensions(), (64, 48));
+        for cut in [jpg.len() - 2, jpg.len() / 2, 40] {
+            assert!(
+                matches!(decode(&jpg[..cut], &l), Err(ImageError::Decode(_))),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]
     fn pixel_limit_is_checked_from_the_header() {
         let png = encode(&RgbImage::new(100, 50), ImageFormat::Png);
-        let l = DecodeLimits { max_pixels: 4999, ..Default::default() };
+        let l = DecodeLimits {
+            max_pixels: 4999,
+            ..Default::default()
+        };
         assert_eq!(
             decode(&png, &l),
-            Err(ImageError::TooManyPixels { width: 100, height: 50, pixels: 5000, max: 4999 })
+            Err(ImageError::TooManyPixels {
+                width: 100,
+                height: 50,
+                pixels: 5000,
+                max: 4999
+            })
         );
     }
 
@@ -171,17 +262,27 @@ mod tests {
 
     #[test]
     fn centre_crop_keeps_the_centre() {
-        // Left third red, middle third green, right third blue; a centre
-        // crop of the shorter side sees only green.
-        let img = RgbImage::from_fn(300, 100, |x, _| match x / 100 {
+        // Left third red, middle third green, right third blue; shorter
+        // side to 8 then a centred 4-square sees the middle 150 source
+        // pixels of the green band (300 wide), filter support included.
+        let img = RgbImage::from_fn(900, 300, |x, _| match x / 300 {
             0 => Rgb([255, 0, 0]),
             1 => Rgb([0, 255, 0]),
             _ => Rgb([0, 0, 255]),
         });
-        let s = InputSpec { mean: [0.0; 3], std: [1.0; 3], ..spec(ResizePolicy::ShorterSideCenterCrop) };
+        let s = InputSpec {
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            resize: 8,
+            ..spec(ResizePolicy::ShorterSideCenterCrop)
+        };
         let mut out = vec![0.0; 48];
         write_input(&img, &s, &mut out).unwrap();
-        assert!(out[16..32].iter().all(|v| *v > 0.99), "green plane: {:?}", &out[16..32]);
+        assert!(
+            out[16..32].iter().all(|v| *v > 0.99),
+            "green plane: {:?}",
+            &out[16..32]
+        );
         assert!(out[..16].iter().chain(&out[32..]).all(|v| *v < 0.01));
     }
 }

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use ort::ep::{self, ExecutionProvider};
 use ort::environment::Environment;
+use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -72,7 +72,9 @@ pub fn environment(dylib: &Path) -> Result<Environment, EmbedError> {
 pub struct SessionOptions {
     pub provider: ProviderChoice,
     pub require_gpu: bool,
+    /// 0 = number of cores.
     pub intra_threads: usize,
+    pub upcast_fp16: bool,
 }
 
 /// Opens a session on `model`, on CUDA when asked and possible. On the CPU
@@ -84,10 +86,14 @@ pub fn open_session(
 ) -> Result<(Session, Provider), EmbedError> {
     let rt = |e: &dyn std::fmt::Display| EmbedError::Runtime(format!("{}: {e}", model.display()));
     let mut builder = Session::builder(env).map_err(|e| rt(&e))?;
-    builder = builder.with_intra_threads(opts.intra_threads.max(1)).map_err(|e| rt(&e))?;
+    let threads = match opts.intra_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    builder = builder.with_intra_threads(threads).map_err(|e| rt(&e))?;
     let provider = choose_provider(&mut builder, opts)?;
     let bytes = std::fs::read(model).map_err(|e| rt(&e))?;
-    let bytes = if provider == Provider::Cpu {
+    let bytes = if provider == Provider::Cpu && opts.upcast_fp16 {
         match upcast_if_fp16(&bytes).map_err(|e| rt(&e))? {
             Some(fp32) => {
                 tracing::info!(model = %model.display(), "FP16 weights upcast to FP32 for the CPU provider");
@@ -115,11 +121,16 @@ fn choose_provider(
             Ok(()) => return Ok(Provider::Cuda),
             Err(e) => format!("the CUDA provider failed to start: {e}"),
         },
-        Ok(false) => "this ONNX Runtime build has no CUDA provider (install the onnxruntime-gpu wheel)".into(),
+        Ok(false) => {
+            "this ONNX Runtime build has no CUDA provider (install the onnxruntime-gpu wheel)"
+                .into()
+        }
         Err(e) => format!("could not query providers: {e}"),
     };
     if opts.require_gpu {
-        return Err(EmbedError::Runtime(format!("require_gpu is set but {failure}")));
+        return Err(EmbedError::Runtime(format!(
+            "require_gpu is set but {failure}"
+        )));
     }
     if opts.provider == ProviderChoice::Cuda {
         tracing::warn!("{failure}; falling back to CPU");

@@ -10,7 +10,12 @@ use hnsw_rs::prelude::Distance;
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];
@@ -58,7 +63,7 @@ mod tests {
     fn identical_unit_vectors_do_not_go_negative() {
         let v = normalised(&[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]).unwrap();
         let d = UnitCosine.eval(&v, &v);
-        assert!(d >= 0.0 && d < 1e-6);
+        assert!((0.0..1e-6).contains(&d));
         assert_eq!(euclidean_from_cosine(1.0), 2f32.sqrt());
     }
 

@@ -46,7 +46,9 @@ pub fn top_k<'a>(
     }
     let mut out: Vec<_> = heap.into_vec();
     out.sort();
-    out.into_iter().map(|Scored(d, s)| (s, euclidean_from_cosine(d))).collect()
+    out.into_iter()
+        .map(|Scored(d, s)| (s, euclidean_from_cosine(d)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -61,7 +63,11 @@ mod tests {
             (3, vec![0.6, 0.8]),
             (4, vec![-1.0, 0.0]),
         ];
-        let hits = top_k(&[1.0, 0.0], items.iter().map(|(s, v)| (*s, v.as_slice())), 3);
+        let hits = top_k(
+            &[1.0, 0.0],
+            items.iter().map(|(s, v)| (*s, v.as_slice())),
+            3,
+        );
         let seqs: Vec<u64> = hits.iter().map(|h| h.0).collect();
         assert_eq!(seqs, vec![1, 3, 2]);
         assert!(hits[0].1.abs() < 1e-6);
@@ -71,7 +77,11 @@ mod tests {
     #[test]
     fn ties_break_by_seq_and_k_can_exceed_the_set() {
         let items: Vec<(u64, Vec<f32>)> = vec![(9, vec![0.0, 1.0]), (5, vec![0.0, 1.0])];
-        let hits = top_k(&[1.0, 0.0], items.iter().map(|(s, v)| (*s, v.as_slice())), 10);
+        let hits = top_k(
+            &[1.0, 0.0],
+            items.iter().map(|(s, v)| (*s, v.as_slice())),
+            10,
+        );
         assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![5, 9]);
     }
 }

@@ -35,7 +35,12 @@ pub struct HnswParams {
 
 impl Default for HnswParams {
     fn default() -> Self {
-        Self { m: 24, ef_construction: 200, ef_search: 128, rebuild_tombstone_ratio: 0.2 }
+        Self {
+            m: 24,
+            ef_construction: 200,
+            ef_search: 256,
+            rebuild_tombstone_ratio: 0.2,
+        }
     }
 }
 
@@ -88,7 +93,13 @@ impl AnnIndex {
 
     /// The `k` nearest points accepted by `keep`, as (seq, Euclidean
     /// distance), nearest first.
-    pub fn search(&self, q: &[f32], k: usize, ef: usize, keep: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)> {
+    pub fn search(
+        &self,
+        q: &[f32],
+        k: usize,
+        ef: usize,
+        keep: &dyn Fn(u64) -> bool,
+    ) -> Vec<(u64, f32)> {
         let graph = self.graph.read().clone();
         if k == 0 || graph.get_nb_point() == 0 {
             return Vec::new();
@@ -133,7 +144,13 @@ impl AnnIndex {
 }
 
 fn build(p: &HnswParams, items: &[(u64, Vector)]) -> Graph {
-    let graph = Hnsw::new(p.m, items.len().max(1024), 16, p.ef_construction, UnitCosine);
+    let graph = Hnsw::new(
+        p.m,
+        items.len().max(1024),
+        16,
+        p.ef_construction,
+        UnitCosine,
+    );
     let data: Vec<(&[f32], usize)> = items.iter().map(|(s, v)| (&v[..], *s as usize)).collect();
     graph.parallel_insert_slice(&data);
     graph

@@ -32,8 +32,10 @@ const ORT_LIB_DEFAULT: &str = crate::config::DEFAULT_ORT_DYLIB;
 const GROCERY_DEFAULT: &str = "../shared/datasets/grocery/train/Fruit";
 
 fn fixture(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var)
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(default), PathBuf::from)
+    std::env::var_os(var).map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(default),
+        PathBuf::from,
+    )
 }
 fn pth() -> PathBuf {
     fixture("LOOKALIKE_TEST_LITE0_PTH", PTH_DEFAULT)

@@ -23,7 +23,10 @@ pub enum UpcastError {
 
 /// Whether any initializer is stored as FP16.
 pub fn has_fp16_weights(model: &ModelProto) -> bool {
-    model.graph.as_ref().is_some_and(|g| g.initializer.iter().any(|t| t.data_type == Some(F16)))
+    model
+        .graph
+        .as_ref()
+        .is_some_and(|g| g.initializer.iter().any(|t| t.data_type == Some(F16)))
 }
 
 /// Decodes `bytes`; if it holds FP16 weights, rewrites every FP16 tensor,
@@ -43,7 +46,12 @@ fn upcast_graph(g: &mut GraphProto) -> Result<(), UpcastError> {
     for t in &mut g.initializer {
         upcast_tensor(t)?;
     }
-    for v in g.input.iter_mut().chain(&mut g.output).chain(&mut g.value_info) {
+    for v in g
+        .input
+        .iter_mut()
+        .chain(&mut g.output)
+        .chain(&mut g.value_info)
+    {
         upcast_value_info(v);
     }
     for n in &mut g.node {
@@ -53,7 +61,8 @@ fn upcast_graph(g: &mut GraphProto) -> Result<(), UpcastError> {
 }
 
 fn upcast_value_info(v: &mut ValueInfoProto) {
-    if let Some(type_proto::Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+    if let Some(type_proto::Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
         if t.elem_type == Some(F16) {
             t.elem_type = Some(F32);
         }
@@ -91,14 +100,20 @@ fn upcast_tensor(t: &mut TensorProto) -> Result<(), UpcastError> {
     // FP16 values live either packed in raw_data or one per int32_data slot.
     let raw = t.raw_data.take().unwrap_or_default();
     let values: Vec<f32> = if !raw.is_empty() {
-        if raw.len() % 2 != 0 {
-            return Err(UpcastError::OddRawData { name: t.name.clone().unwrap_or_default(), got: raw.len() });
+        if !raw.len().is_multiple_of(2) {
+            return Err(UpcastError::OddRawData {
+                name: t.name.clone().unwrap_or_default(),
+                got: raw.len(),
+            });
         }
         raw.chunks_exact(2)
             .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect()
     } else {
-        t.int32_data.iter().map(|&b| f16::from_bits(b as u16).to_f32()).collect()
+        t.int32_data
+            .iter()
+            .map(|&b| f16::from_bits(b as u16).to_f32())
+            .collect()
     };
     t.int32_data.clear();
     t.raw_data = Some(values.iter().flat_map(|v| v.to_le_bytes()).collect());
@@ -118,7 +133,11 @@ mod tests {
             data_type: Some(F16),
             dims: vec![values.len() as i64],
             raw_data: raw.then(|| bits.iter().flat_map(|b| b.to_le_bytes()).collect()),
-            int32_data: if raw { vec![] } else { bits.iter().map(|b| *b as i32).collect() },
+            int32_data: if raw {
+                vec![]
+            } else {
+                bits.iter().map(|b| *b as i32).collect()
+            },
             ..Default::default()
         }
     }
@@ -128,7 +147,11 @@ mod tests {
         for raw in [true, false] {
             let cast = NodeProto {
                 op_type: Some("Cast".into()),
-                attribute: vec![AttributeProto { name: Some("to".into()), i: Some(F16 as i64), ..Default::default() }],
+                attribute: vec![AttributeProto {
+                    name: Some("to".into()),
+                    i: Some(F16 as i64),
+                    ..Default::default()
+                }],
                 ..Default::default()
             };
             let model = ModelProto {
@@ -139,12 +162,19 @@ mod tests {
                 }),
                 ..Default::default()
             };
-            let out = upcast_if_fp16(&model.encode_to_vec()).unwrap().expect("had fp16 weights");
+            let out = upcast_if_fp16(&model.encode_to_vec())
+                .unwrap()
+                .expect("had fp16 weights");
             let g = ModelProto::decode(out.as_slice()).unwrap().graph.unwrap();
             let t = &g.initializer[0];
             assert_eq!(t.data_type, Some(F32));
-            let vals: Vec<f32> =
-                t.raw_data.as_deref().unwrap().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let vals: Vec<f32> = t
+                .raw_data
+                .as_deref()
+                .unwrap()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
             assert_eq!(vals, vec![1.5, -2.0, 0.25]);
             assert_eq!(g.node[0].attribute[0].i, Some(F32 as i64));
         }
@@ -152,7 +182,10 @@ mod tests {
 
     #[test]
     fn fp32_model_is_left_alone() {
-        let model = ModelProto { graph: Some(GraphProto::default()), ..Default::default() };
+        let model = ModelProto {
+            graph: Some(GraphProto::default()),
+            ..Default::default()
+        };
         assert!(upcast_if_fp16(&model.encode_to_vec()).unwrap().is_none());
     }
 }

@@ -114,7 +114,9 @@ impl Store {
             if table.remove(name)?.is_none() {
                 return Err(StoreError::NoGallery(name.to_string()));
             }
-            count = txn.open_table(TableDefinition::<&str, &[u8]>::new(&def))?.len()?;
+            count = txn
+                .open_table(TableDefinition::<&str, &[u8]>::new(&def))?
+                .len()?;
         }
         txn.delete_table(TableDefinition::<&str, &[u8]>::new(&def))?;
         txn.commit()?;
@@ -171,11 +173,18 @@ mod tests {
     use super::*;
 
     fn meta() -> GalleryMeta {
-        GalleryMeta { model_fingerprint: "abc".into(), dims: 2 }
+        GalleryMeta {
+            model_fingerprint: "abc".into(),
+            dims: 2,
+        }
     }
 
     fn rec(seq: u64) -> ItemRecord {
-        ItemRecord { seq, descriptor: vec![1.0, 0.0], metadata: Default::default() }
+        ItemRecord {
+            seq,
+            descriptor: vec![1.0, 0.0],
+            metadata: Default::default(),
+        }
     }
 
     #[test]
@@ -187,8 +196,14 @@ mod tests {
             store.create_gallery("a", &meta()).unwrap();
             store.create_gallery("b", &meta()).unwrap();
             let r = rec(1);
-            assert_eq!(store.write("a", &[Change::Put("x", &r)]).unwrap(), vec![false]);
-            assert_eq!(store.write("a", &[Change::Put("x", &rec(2))]).unwrap(), vec![true]);
+            assert_eq!(
+                store.write("a", &[Change::Put("x", &r)]).unwrap(),
+                vec![false]
+            );
+            assert_eq!(
+                store.write("a", &[Change::Put("x", &rec(2))]).unwrap(),
+                vec![true]
+            );
         }
         let store = Store::open(&path).unwrap();
         let a = store.load_items("a").unwrap();
@@ -203,14 +218,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db.redb")).unwrap();
         store.create_gallery("a", &meta()).unwrap();
-        assert!(matches!(store.create_gallery("a", &meta()), Err(StoreError::GalleryExists(_))));
+        assert!(matches!(
+            store.create_gallery("a", &meta()),
+            Err(StoreError::GalleryExists(_))
+        ));
         assert!(matches!(
             store.write("nope", &[Change::Delete("x")]),
             Err(StoreError::NoGallery(_))
         ));
         store.write("a", &[Change::Put("x", &rec(1))]).unwrap();
         assert_eq!(store.drop_gallery("a").unwrap(), 1);
-        assert!(matches!(store.load_items("a"), Err(StoreError::NoGallery(_))));
-        assert!(matches!(store.drop_gallery("a"), Err(StoreError::NoGallery(_))));
+        assert!(matches!(
+            store.load_items("a"),
+            Err(StoreError::NoGallery(_))
+        ));
+        assert!(matches!(
+            store.drop_gallery("a"),
+            Err(StoreError::NoGallery(_))
+        ));
     }
 }

@@ -23,7 +23,11 @@ pub struct ItemRecord {
 
 impl ItemRecord {
     pub fn encode(&self) -> Vec<u8> {
-        let meta_len: usize = self.metadata.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+        let meta_len: usize = self
+            .metadata
+            .iter()
+            .map(|(k, v)| 8 + k.len() + v.len())
+            .sum();
         let mut out = Vec::with_capacity(1 + 8 + 4 + 4 * self.descriptor.len() + 4 + meta_len);
         out.push(VERSION);
         out.extend_from_slice(&self.seq.to_le_bytes());
@@ -45,11 +49,16 @@ impl ItemRecord {
         let mut r = Reader { bytes, pos: 0 };
         let version = r.take(1)?[0];
         if version != VERSION {
-            return Err(StoreError::Corrupt(format!("unknown record version {version}")));
+            return Err(StoreError::Corrupt(format!(
+                "unknown record version {version}"
+            )));
         }
         let seq = r.u64()?;
         let dims = r.u32()? as usize;
-        let raw = r.take(dims.checked_mul(4).ok_or_else(|| corrupt("dims overflow"))?)?;
+        let raw = r.take(
+            dims.checked_mul(4)
+                .ok_or_else(|| corrupt("dims overflow"))?,
+        )?;
         let descriptor = raw
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -64,7 +73,11 @@ impl ItemRecord {
         if r.pos != bytes.len() {
             return Err(corrupt("trailing bytes after record"));
         }
-        Ok(Self { seq, descriptor, metadata })
+        Ok(Self {
+            seq,
+            descriptor,
+            metadata,
+        })
     }
 }
 
@@ -109,7 +122,11 @@ mod tests {
         let mut metadata = BTreeMap::new();
         metadata.insert("sku".to_string(), "42".to_string());
         metadata.insert("colour".to_string(), "gr\u{fc}n".to_string());
-        ItemRecord { seq: 7, descriptor: vec![0.5, -1.25, 3.0], metadata }
+        ItemRecord {
+            seq: 7,
+            descriptor: vec![0.5, -1.25, 3.0],
+            metadata,
+        }
     }
 
     #[test]
@@ -122,7 +139,10 @@ mod tests {
     fn every_truncation_is_an_error() {
         let bytes = sample().encode();
         for n in 0..bytes.len() {
-            assert!(ItemRecord::decode(&bytes[..n]).is_err(), "prefix of {n} bytes decoded");
+            assert!(
+                ItemRecord::decode(&bytes[..n]).is_err(),
+                "prefix of {n} bytes decoded"
+            );
         }
     }
 
@@ -130,6 +150,9 @@ mod tests {
     fn trailing_bytes_are_an_error() {
         let mut bytes = sample().encode();
         bytes.push(0);
-        assert!(matches!(ItemRecord::decode(&bytes), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            ItemRecord::decode(&bytes),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }

