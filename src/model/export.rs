@@ -22,6 +22,8 @@ pub const INPUT_NAME: &str = "image";
 pub const OUTPUT_NAME: &str = "descriptor";
 /// Extra output with ImageNet logits when `keep_classifier` is set.
 pub const LOGITS_NAME: &str = "logits";
+/// Extra output with the backbone's final feature map when `keep_features` is set.
+pub const FEATURES_NAME: &str = "features";
 
 /// How the service turns an arbitrary photo into the network's square input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +95,9 @@ pub struct ExportOptions {
     pub dynamic_hw: bool,
     /// Also export ImageNet logits as output "logits".
     pub keep_classifier: bool,
+    /// Also export the backbone's final feature map [N, C, h, w] as output "features"
+    /// (what timm's `forward_features` returns; used by the parity tests).
+    pub keep_features: bool,
     /// Fold BatchNorm into convolutions (always wanted except for testing).
     pub fold_bn: bool,
     pub resize_policy: ResizePolicy,
@@ -116,6 +121,7 @@ impl ExportOptions {
             fp16_io: false,
             dynamic_hw: false,
             keep_classifier: false,
+            keep_features: false,
             fold_bn: true,
             resize_policy: ResizePolicy::ShorterSideCenterCrop,
         }
@@ -221,8 +227,16 @@ pub fn build_model(
         ops.graph.output(
             LOGITS_NAME,
             io,
-            &[n, Dim::Fixed(ops.channels(&logits) as i64)],
+            &[n.clone(), Dim::Fixed(ops.channels(&logits) as i64)],
         );
+    }
+    if opts.keep_features {
+        let f = ops.cast(&feats, io);
+        ops.identity_into(&f, FEATURES_NAME);
+        let c = Dim::Fixed(ops.channels(&f) as i64);
+        let hw = |s: &str| Dim::Symbolic(s.into());
+        ops.graph
+            .output(FEATURES_NAME, io, &[n.clone(), c, hw("fh"), hw("fw")]);
     }
     ops.weights.finish()?;
 

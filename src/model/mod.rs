@@ -18,6 +18,8 @@ pub mod vars;
 pub mod weights;
 
 #[cfg(test)]
+mod parity_tests;
+#[cfg(test)]
 mod tests;
 
 pub use arch::Arch;

@@ -107,6 +107,40 @@ impl OnnxOps {
             .map(|k| self.weights.get(&vp.key(k), &[c]))
     }
 
+    /// Gemm with a PyTorch-layout `[out, in]` weight; left foldable for a following BatchNorm1d.
+    fn gemm(
+        &mut self,
+        x: &OnnxTensor,
+        w: String,
+        vp: &VarPath,
+        out: usize,
+        bias: bool,
+    ) -> Result<OnnxTensor> {
+        let mut inputs = vec![x.name.clone(), w];
+        if bias {
+            inputs.push(self.param(&vp.key("bias"), &[out])?);
+        }
+        self.consume(&x.name);
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let name = self.graph.node("Gemm", &refs, vec![attr_int("transB", 1)]);
+        // A following BatchNorm1d folds into the Gemm exactly as into a convolution.
+        let node = self.graph.producer(&name).unwrap_or_default();
+        self.foldable.insert(
+            name.clone(),
+            Foldable {
+                node,
+                weight: inputs[1].clone(),
+                bias: inputs.get(2).cloned(),
+                out_channels: out,
+            },
+        );
+        Ok(OnnxTensor {
+            name,
+            channels: out,
+            elem: x.elem,
+        })
+    }
+
     fn pad_attrs(padding: Padding) -> Vec<crate::model::onnx_pb::AttributeProto> {
         match padding {
             Padding::TfSame => vec![attr_str("auto_pad", "SAME_UPPER")],
@@ -120,6 +154,11 @@ impl Ops for OnnxOps {
 
     fn channels(&self, x: &OnnxTensor) -> usize {
         x.channels
+    }
+
+    fn shared(&mut self, x: &OnnxTensor) -> OnnxTensor {
+        self.consume(&x.name);
+        x.clone()
     }
 
     fn conv2d(&mut self, x: &OnnxTensor, vp: &VarPath, cfg: &Conv2d) -> Result<OnnxTensor> {
@@ -149,6 +188,7 @@ impl Ops for OnnxOps {
             attr_ints("kernel_shape", &[k as i64, k as i64]),
             attr_ints("strides", &[cfg.stride as i64, cfg.stride as i64]),
             attr_int("group", cfg.groups as i64),
+            attr_ints("dilations", &[cfg.dilation as i64; 2]),
         ];
         attrs.extend(Self::pad_attrs(cfg.padding));
         self.consume(&x.name);
@@ -355,23 +395,50 @@ impl Ops for OnnxOps {
         bias: bool,
     ) -> Result<OnnxTensor> {
         let w = self.param(&vp.key("weight"), &[out, x.channels])?;
-        let mut inputs = vec![x.name.clone(), w];
-        if bias {
-            inputs.push(self.param(&vp.key("bias"), &[out])?);
+        self.gemm(x, w, vp, out, bias)
+    }
+
+    fn linear_conv1x1(
+        &mut self,
+        x: &OnnxTensor,
+        vp: &VarPath,
+        out: usize,
+        bias: bool,
+    ) -> Result<OnnxTensor> {
+        let key = vp.key("weight");
+        let mut t = self.weights.get(&key, &[out, x.channels, 1, 1]);
+        // Same row-major data; only the trailing 1x1 dims go.
+        t.shape = vec![out, x.channels];
+        let w = self.graph.initializer(&key, t, self.param_elem)?;
+        self.gemm(x, w, vp, out, bias)
+    }
+
+    fn global_avg_pool_map(&mut self, x: &OnnxTensor) -> Result<OnnxTensor> {
+        Ok(self.unary("GlobalAveragePool", x))
+    }
+
+    fn sum_channel_groups(&mut self, x: &OnnxTensor, k: usize) -> Result<OnnxTensor> {
+        if k == 0 || !x.channels.is_multiple_of(k) {
+            return Err(ModelError::Graph(format!(
+                "cannot sum {} channels in groups of {k}",
+                x.channels
+            )));
         }
+        if k == 1 {
+            return Ok(x.clone());
+        }
+        // Grouped 1x1 convolution with all-ones weights: output c sums inputs c*k..c*k+k.
+        let out = x.channels / k;
+        let ones = HostTensor::new(vec![out, k, 1, 1], vec![1.0; out * k])?;
+        let w = self.graph.constant("group_sum_ones", ones, x.elem)?;
         self.consume(&x.name);
-        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        let name = self.graph.node("Gemm", &refs, vec![attr_int("transB", 1)]);
-        // A following BatchNorm1d folds into the Gemm exactly as into a convolution.
-        let node = self.graph.producer(&name).unwrap_or_default();
-        self.foldable.insert(
-            name.clone(),
-            Foldable {
-                node,
-                weight: inputs[1].clone(),
-                bias: inputs.get(2).cloned(),
-                out_channels: out,
-            },
+        let name = self.graph.node(
+            "Conv",
+            &[&x.name, &w],
+            vec![
+                attr_ints("kernel_shape", &[1, 1]),
+                attr_int("group", out as i64),
+            ],
         );
         Ok(OnnxTensor {
             name,

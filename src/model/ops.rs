@@ -22,6 +22,8 @@ pub struct Conv2d {
     pub groups: usize,
     pub bias: bool,
     pub padding: Padding,
+    /// Kernel dilation (FishNet's up-sampling blocks use 2, 4).
+    pub dilation: usize,
 }
 
 impl Conv2d {
@@ -33,6 +35,7 @@ impl Conv2d {
             groups: 1,
             bias: false,
             padding: Padding::Explicit(kernel / 2),
+            dilation: 1,
         }
     }
     pub fn stride(mut self, s: usize) -> Self {
@@ -49,6 +52,12 @@ impl Conv2d {
     }
     pub fn padding(mut self, p: Padding) -> Self {
         self.padding = p;
+        self
+    }
+    /// Dilation `d` with the matching "same" padding `d * (kernel / 2)`.
+    pub fn dilation(mut self, d: usize) -> Self {
+        self.dilation = d;
+        self.padding = Padding::Explicit(d * (self.kernel / 2));
         self
     }
 }
@@ -86,6 +95,11 @@ pub trait Ops {
 
     /// Channel count of an [N,C,...] tensor.
     fn channels(&self, x: &Self::Tensor) -> usize;
+    /// Declares that `x` (e.g. a raw conv output) feeds several ops, so a later BatchNorm
+    /// must not be folded into its producer. Backends that fold override this.
+    fn shared(&mut self, x: &Self::Tensor) -> Self::Tensor {
+        x.clone()
+    }
     /// Weight `vp.weight` [out, in/groups, k, k], optional `vp.bias` [out].
     fn conv2d(&mut self, x: &Self::Tensor, vp: &VarPath, cfg: &Conv2d) -> Result<Self::Tensor>;
     /// Inference BatchNorm over dim 1 of [N,C] or [N,C,H,W]: `vp.{weight,bias,running_mean,running_var}`.
@@ -105,9 +119,23 @@ pub trait Ops {
         padding: Padding,
     ) -> Result<Self::Tensor>;
     fn global_pool(&mut self, x: &Self::Tensor, kind: GlobalPool) -> Result<Self::Tensor>;
+    /// Spatial mean keeping the map layout: [N,C,H,W] -> [N,C,1,1] (squeeze-excite gates).
+    fn global_avg_pool_map(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Sums each run of `k` adjacent channels: [N,C,H,W] -> [N,C/k,H,W]
+    /// (FishNet's `squeeze_idt`, i.e. `x.view(n, c/k, k, h, w).sum(2)`).
+    fn sum_channel_groups(&mut self, x: &Self::Tensor, k: usize) -> Result<Self::Tensor>;
     fn upsample_nearest(&mut self, x: &Self::Tensor, scale: usize) -> Result<Self::Tensor>;
     /// `vp.weight` [out, in] (PyTorch layout), optional `vp.bias` [out], on [N,in].
     fn linear(
+        &mut self,
+        x: &Self::Tensor,
+        vp: &VarPath,
+        out: usize,
+        bias: bool,
+    ) -> Result<Self::Tensor>;
+    /// Like `linear`, but the weight is stored as a 1x1 convolution `[out, in, 1, 1]`
+    /// (classifiers written as `nn.Conv2d(c, classes, 1)`, e.g. timm DLA, FishNet).
+    fn linear_conv1x1(
         &mut self,
         x: &Self::Tensor,
         vp: &VarPath,

@@ -85,11 +85,24 @@ impl Ops for SpecOps {
     fn global_pool(&mut self, x: &usize, _kind: GlobalPool) -> Result<usize> {
         Ok(*x)
     }
+    fn global_avg_pool_map(&mut self, x: &usize) -> Result<usize> {
+        Ok(*x)
+    }
+    fn sum_channel_groups(&mut self, x: &usize, k: usize) -> Result<usize> {
+        Ok(x / k.max(1))
+    }
     fn upsample_nearest(&mut self, x: &usize, _scale: usize) -> Result<usize> {
         Ok(*x)
     }
     fn linear(&mut self, x: &usize, vp: &VarPath, out: usize, bias: bool) -> Result<usize> {
         self.push(vp.key("weight"), vec![out, *x], ParamKind::Param);
+        if bias {
+            self.push(vp.key("bias"), vec![out], ParamKind::Param);
+        }
+        Ok(out)
+    }
+    fn linear_conv1x1(&mut self, x: &usize, vp: &VarPath, out: usize, bias: bool) -> Result<usize> {
+        self.push(vp.key("weight"), vec![out, *x, 1, 1], ParamKind::Param);
         if bias {
             self.push(vp.key("bias"), vec![out], ParamKind::Param);
         }

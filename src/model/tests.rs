@@ -49,7 +49,7 @@ fn lite0_weights() -> &'static StateDict {
     W.get_or_init(|| load_weights(&pth()).unwrap())
 }
 
-fn env() -> &'static Environment {
+pub(super) fn env() -> &'static Environment {
     static ENV: OnceLock<Environment> = OnceLock::new();
     ENV.get_or_init(|| {
         crate::embed::runtime::environment(&fixture("LOOKALIKE_TEST_ORT_LIB", ORT_LIB_DEFAULT))
@@ -57,7 +57,7 @@ fn env() -> &'static Environment {
     })
 }
 
-fn session(bytes: &[u8]) -> Session {
+pub(super) fn session(bytes: &[u8]) -> Session {
     Session::builder(env())
         .unwrap()
         .with_intra_threads(2)
@@ -121,7 +121,7 @@ fn argmax(v: &[f32]) -> usize {
         .unwrap()
 }
 
-fn pseudo_random(seed: u32, n: usize) -> Vec<f32> {
+pub(super) fn pseudo_random(seed: u32, n: usize) -> Vec<f32> {
     let mut s = seed;
     (0..n)
         .map(|_| {
@@ -131,7 +131,7 @@ fn pseudo_random(seed: u32, n: usize) -> Vec<f32> {
         .collect()
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
@@ -139,7 +139,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn tmp(name: &str) -> PathBuf {
+pub(super) fn tmp(name: &str) -> PathBuf {
     // One fixed directory, overwritten per run; every test uses its own file names.
     let dir = std::env::temp_dir().join("modelkit-tests");
     std::fs::create_dir_all(&dir).unwrap();

@@ -1,5 +1,8 @@
 //! Supported backbones, one definition each over the `Ops` trait.
+pub mod dla;
 pub mod efficientnet;
+pub mod fishnet;
+pub mod hrnet;
 pub mod resnet;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +17,10 @@ pub enum Arch {
     EfficientnetLite0,
     Resnet50,
     Resnet101,
+    HrnetW18,
+    HrnetW30,
+    Dla102x,
+    Fishnet99,
 }
 
 /// How the service must prepare pixels for a backbone's weights.
@@ -24,13 +31,25 @@ pub struct Preprocess {
 }
 
 impl Arch {
-    pub const ALL: [Arch; 3] = [Arch::EfficientnetLite0, Arch::Resnet50, Arch::Resnet101];
+    pub const ALL: [Arch; 7] = [
+        Arch::EfficientnetLite0,
+        Arch::Resnet50,
+        Arch::Resnet101,
+        Arch::HrnetW18,
+        Arch::HrnetW30,
+        Arch::Dla102x,
+        Arch::Fishnet99,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Arch::EfficientnetLite0 => "efficientnet_lite0",
             Arch::Resnet50 => "resnet50",
             Arch::Resnet101 => "resnet101",
+            Arch::HrnetW18 => "hrnet_w18",
+            Arch::HrnetW30 => "hrnet_w30",
+            Arch::Dla102x => "dla102x",
+            Arch::Fishnet99 => "fishnet99",
         }
     }
 
@@ -46,6 +65,10 @@ impl Arch {
         match self {
             Arch::EfficientnetLite0 => 1280,
             Arch::Resnet50 | Arch::Resnet101 => 2048,
+            Arch::HrnetW18 | Arch::HrnetW30 => hrnet::NUM_FEATURES,
+            Arch::Dla102x => 1024,
+            // FishNet's final score map halves the 2112-ch concat.
+            Arch::Fishnet99 => 1056,
         }
     }
 
@@ -53,7 +76,9 @@ impl Arch {
     pub fn classifier_prefix(self) -> &'static str {
         match self {
             Arch::EfficientnetLite0 => "_fc",
-            Arch::Resnet50 | Arch::Resnet101 => "fc",
+            Arch::Resnet50 | Arch::Resnet101 | Arch::Dla102x => "fc",
+            Arch::HrnetW18 | Arch::HrnetW30 => "classifier",
+            Arch::Fishnet99 => "fish.fish.9.4",
         }
     }
 
@@ -64,7 +89,7 @@ impl Arch {
                 mean: [127.0 / 255.0; 3],
                 std: [128.0 / 255.0; 3],
             },
-            Arch::Resnet50 | Arch::Resnet101 => Preprocess {
+            _ => Preprocess {
                 mean: [0.485, 0.456, 0.406],
                 std: [0.229, 0.224, 0.225],
             },
@@ -76,6 +101,10 @@ impl Arch {
             Arch::EfficientnetLite0 => efficientnet::EfficientNetLite::lite0().features(ops, x, vp),
             Arch::Resnet50 => resnet::ResNet::resnet50().features(ops, x, vp),
             Arch::Resnet101 => resnet::ResNet::resnet101().features(ops, x, vp),
+            Arch::HrnetW18 => hrnet::HrNet::w18().features(ops, x, vp),
+            Arch::HrnetW30 => hrnet::HrNet::w30().features(ops, x, vp),
+            Arch::Dla102x => dla::Dla::dla102x().features(ops, x, vp),
+            Arch::Fishnet99 => fishnet::FishNet::fishnet99().features(ops, x, vp),
         }
     }
 
@@ -92,6 +121,10 @@ impl Arch {
             }
             Arch::Resnet50 => resnet::ResNet::resnet50().classifier(ops, pooled, vp),
             Arch::Resnet101 => resnet::ResNet::resnet101().classifier(ops, pooled, vp),
+            Arch::HrnetW18 => hrnet::HrNet::w18().classifier(ops, pooled, vp),
+            Arch::HrnetW30 => hrnet::HrNet::w30().classifier(ops, pooled, vp),
+            Arch::Dla102x => dla::Dla::dla102x().classifier(ops, pooled, vp),
+            Arch::Fishnet99 => fishnet::FishNet::fishnet99().classifier(ops, pooled, vp),
         }
     }
 }

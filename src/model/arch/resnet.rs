@@ -26,7 +26,7 @@ impl ResNet {
         }
     }
 
-    fn conv_bn<O: Ops>(
+    pub(crate) fn conv_bn<O: Ops>(
         ops: &mut O,
         x: &O::Tensor,
         conv: &VarPath,
@@ -37,7 +37,10 @@ impl ResNet {
         ops.batch_norm(&y, bn, BN_EPS)
     }
 
-    fn bottleneck<O: Ops>(
+    /// timm/torchvision `Bottleneck` (expansion 4): 1x1 -> 3x3 (stride) -> 1x1, projection
+    /// shortcut `downsample.{0,1}` when the stride or width changes. Also HRNet's stage-1 and
+    /// head block.
+    pub(crate) fn bottleneck<O: Ops>(
         ops: &mut O,
         x: &O::Tensor,
         vp: &VarPath,
@@ -73,6 +76,31 @@ impl ResNet {
                     .stride(stride)
                     .padding(Padding::Explicit(0)),
             )?
+        } else {
+            x.clone()
+        };
+        let y = ops.add(&y, &shortcut)?;
+        ops.activation(&y, Activation::Relu)
+    }
+
+    /// timm `BasicBlock` (expansion 1): two 3x3 convs, identity or `downsample` shortcut.
+    pub(crate) fn basic_block<O: Ops>(
+        ops: &mut O,
+        x: &O::Tensor,
+        vp: &VarPath,
+        out: usize,
+        stride: usize,
+    ) -> Result<O::Tensor> {
+        let c1 = Conv2d::new(out, 3).stride(stride);
+        let mut y = Self::conv_bn(ops, x, &vp.pp("conv1"), &vp.pp("bn1"), c1)?;
+        y = ops.activation(&y, Activation::Relu)?;
+        y = Self::conv_bn(ops, &y, &vp.pp("conv2"), &vp.pp("bn2"), Conv2d::new(out, 3))?;
+        let shortcut = if stride != 1 || ops.channels(x) != out {
+            let ds = vp.pp("downsample");
+            let c = Conv2d::new(out, 1)
+                .stride(stride)
+                .padding(Padding::Explicit(0));
+            Self::conv_bn(ops, x, &ds.pp(0), &ds.pp(1), c)?
         } else {
             x.clone()
         };
