@@ -1,5 +1,5 @@
 //! Embedding throughput on real grocery photos with the default model
-//! (EfficientNet-Lite0, GeM, 224), exported fresh from the checkpoint.
+//! (EfficientNet-Lite0, S+M+G, 320), exported fresh from the checkpoint.
 //!
 //!     cargo bench --bench embed
 //!
@@ -37,6 +37,9 @@ fn export_model(dir: &Path, precision: Precision) -> PathBuf {
         &onnx,
     );
     opts.precision = precision;
+    // The default model's settings (scripts/setup.sh).
+    opts.gd_config = "SMG".into();
+    opts.input_size = 320;
     let exported = export(&opts).unwrap();
     let manifest = Manifest {
         name: "bench".into(),

@@ -51,11 +51,12 @@ fi
 if [ "${LOOKALIKE_SKIP_BUILD:-0}" != 1 ]; then
     cargo build --release --locked
     if [ ! -f models/default.toml ]; then
-        # The default model: ImageNet EfficientNet-Lite0, GeM-pooled 1280-d
-        # descriptors at 224 (chosen by measurement: BENCHMARKS.md).
+        # The default model: ImageNet EfficientNet-Lite0 at 320, SPoC + MAC
+        # + GeM descriptors concatenated (3840-d); chosen by measurement on
+        # the grocery protocol (BENCHMARKS.md).
         ./target/release/lookalike model export --arch efficientnet_lite0 --weights "$LITE0_PTH" \
-            --gd-config G --input-size 224 --precision fp32 \
-            --out models/efficientnet_lite0_g224.onnx --manifest models/default.toml
+            --gd-config SMG --input-size 320 --precision fp32 \
+            --out models/efficientnet_lite0_smg320.onnx --manifest models/default.toml
     fi
 fi
 echo "setup done" >&2

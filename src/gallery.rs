@@ -66,9 +66,10 @@ pub struct Hit {
     pub metadata: Metadata,
 }
 
-/// Filtered searches whose candidate set is at most this large are
-/// answered exactly: cheaper than a filtered graph walk, and exact.
-const EXACT_FILTER_LIMIT: usize = 20_000;
+/// Galleries (or filtered candidate sets) up to this size are searched
+/// exactly: measured faster than hnsw_rs's graph walk at 10k items
+/// (BENCHMARKS.md), and exact.
+const EXACT_LIMIT: usize = 20_000;
 
 #[derive(Default)]
 struct State {
@@ -278,7 +279,7 @@ impl Gallery {
         let matches = |e: &Entry| p.filter.iter().all(|(k, v)| e.metadata.get(k) == Some(v));
         let wanted = p.k + usize::from(p.exclude.is_some());
         let raw: Vec<(u64, f32)> =
-            if p.exact || (!p.filter.is_empty() && state.items.len() <= EXACT_FILTER_LIMIT) {
+            if p.exact || state.items.len() <= EXACT_LIMIT {
                 let cands = state
                     .items
                     .values()

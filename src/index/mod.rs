@@ -5,6 +5,13 @@
 //! [`AnnIndex::rebuild`] off the request path once they pile up. Inserts
 //! that arrive during a rebuild are replayed into the new graph before it
 //! is swapped in, so nothing is lost and searches never wait for a build.
+//!
+//! Not yet done: loading a dump at start (today the graph is rebuilt from
+//! the store). Plan: dump on graceful shutdown with the highest seq it
+//! holds and the gallery's incarnation id; at load, if both match, take the
+//! dump and insert the store's items with a higher seq (seqs only grow, so
+//! anything added or replaced after the dump has one); removals are already
+//! tombstones.
 
 pub mod distance;
 pub mod exact;
