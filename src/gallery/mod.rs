@@ -615,3 +615,6 @@ fn validate_id(id: &str) -> Result<(), GalleryError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
