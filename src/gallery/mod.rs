@@ -185,7 +185,7 @@ impl Gallery {
         })
     }
 
-    /// Starts the background refresher and asks for a first snapshot.
+    /// Starts the background refresher (and a refresh if state is stale).
     fn start_refresher(self: &Arc<Self>) {
         let (tx, rx) = mpsc::channel::<()>();
         let weak: Weak<Self> = Arc::downgrade(self);
@@ -206,7 +206,9 @@ impl Gallery {
             });
         match spawned {
             Ok(_) => {
-                let _ = tx.send(());
+                if self.stale.load(Ordering::Acquire) > 0 {
+                    let _ = tx.send(());
+                }
                 *self.refresh_tx.lock() = Some(tx);
             }
             Err(e) => tracing::warn!(gallery = %self.name, error = %e, "no refresher thread"),
@@ -529,6 +531,11 @@ impl Galleries {
                 params.clone(),
                 post.clone(),
             )?);
+            // Recomputed, not persisted: computed before serving, so a
+            // restarted server answers as the batch definition does.
+            if let Err(e) = g.refresh_post() {
+                tracing::warn!(gallery = %name, error = %e, "post-processing state not computed");
+            }
             g.start_refresher();
             tracing::info!(gallery = %name, items = g.len(), ms = t.elapsed().as_millis() as u64, "gallery loaded");
             map.insert(name, g);

@@ -4,12 +4,16 @@
 //!
 //! Design: recomputed, not persisted. A snapshot is a full batch
 //! recomputation over the live gallery (one f32 GEMM screen with exact f64
-//! re-checks, O(N^2 d)), so once a refresh finishes the online state is
-//! by construction the batch result of that gallery. Writes only count
-//! how many items changed since the snapshot ("stale"); a background
-//! refresher (debounced) recomputes. At start-up the same refresh runs in
-//! the background, so opening a gallery costs only the HNSW build of the
-//! raw vectors; KR requests get UNAVAILABLE until the first snapshot.
+//! re-checks, O(N^2 d), plus an HNSW rebuild over the DBA vectors), so once
+//! a refresh finishes the online state is by construction the batch result
+//! of that gallery. Writes only count how many items changed since the
+//! snapshot ("stale", reported in GalleryStats); a background refresher,
+//! debounced, recomputes, so the lag is one debounce plus one refresh.
+//! Opening a gallery at start-up runs the same refresh before serving:
+//! start-up costs one recomputation per gallery instead of reading N x k
+//! neighbour lists and N DBA vectors from redb (and there is no persisted
+//! state to keep consistent with the items). This suits galleries up to
+//! roughly 10^5 items; beyond that an incremental refresher would be needed.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -29,7 +29,11 @@ fn unit_vector(seed: u64) -> Vec<f32> {
 fn item(i: u64) -> NewItem {
     let centre = unit_vector(1000 + i % 7);
     let noise = unit_vector(i + 1);
-    let v: Vec<f32> = centre.iter().zip(&noise).map(|(c, n)| c + 0.4 * n).collect();
+    let v: Vec<f32> = centre
+        .iter()
+        .zip(&noise)
+        .map(|(c, n)| c + 0.4 * n)
+        .collect();
     NewItem {
         id: format!("item-{i:04}"),
         vector: crate::index::distance::normalised(&v).unwrap(),
@@ -168,7 +172,10 @@ fn background_refresher_catches_up_and_dba_can_be_off() {
     assert!(snap.dba.is_none());
     assert_eq!(snap.len(), 30);
     let e = g.get("item-0001").unwrap();
-    assert_eq!(e.indexed, e.vector, "with DBA off the index holds raw vectors");
+    assert_eq!(
+        e.indexed, e.vector,
+        "with DBA off the index holds raw vectors"
+    );
 }
 
 #[test]
@@ -196,6 +203,11 @@ fn query_expansion_then_kr_ranks_the_shortlist() {
     let stages: Vec<&str> = out.timings.iter().map(|t| t.0).collect();
     assert_eq!(
         stages,
-        vec!["search", "query_expansion", "search_expanded", "k_reciprocal"]
+        vec![
+            "search",
+            "query_expansion",
+            "search_expanded",
+            "k_reciprocal"
+        ]
     );
 }
