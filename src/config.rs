@@ -39,25 +39,60 @@ pub struct Config {
     pub post_processing: PostProcessingDefaults,
 }
 
-/// Server-side defaults of the per-request post-processing options.
+/// Server-side post-processing settings: gallery-side state (`dba`,
+/// `dba_k`, `neighbours_k`, `refresh_debounce_ms`) and the defaults of the
+/// per-request options (the rest).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PostProcessingDefaults {
-    /// Candidates fetched before query expansion re-searches.
+    /// Candidates fetched for KR to re-rank.
     pub shortlist: u32,
+    /// Largest shortlist a request may ask for.
+    pub max_shortlist: u32,
     pub query_expansion: bool,
     pub qe_k: u32,
     /// 0 = AQE, > 0 = alpha-QE.
     pub qe_alpha: f32,
+    pub k_reciprocal: bool,
+    pub kr_k1: u32,
+    pub kr_k2: u32,
+    pub kr_lambda: f32,
+    /// Index each item's DBA vector instead of its raw descriptor.
+    pub dba: bool,
+    pub dba_k: u32,
+    /// Gallery neighbours kept per item (KR needs k1 and k2 - 1 <= this).
+    pub neighbours_k: u32,
+    /// Wait after a write before recomputing, so bursts share one refresh.
+    pub refresh_debounce_ms: u64,
 }
 
 impl Default for PostProcessingDefaults {
     fn default() -> Self {
         Self {
             shortlist: 100,
+            max_shortlist: 2000,
             query_expansion: false,
             qe_k: 1,
             qe_alpha: 0.0,
+            k_reciprocal: false,
+            kr_k1: 20,
+            kr_k2: 6,
+            kr_lambda: 0.3,
+            dba: true,
+            dba_k: 10,
+            neighbours_k: 21,
+            refresh_debounce_ms: 200,
+        }
+    }
+}
+
+impl PostProcessingDefaults {
+    pub fn gallery_config(&self) -> crate::gallery::post::PostConfig {
+        crate::gallery::post::PostConfig {
+            dba: self.dba,
+            dba_k: self.dba_k as usize,
+            neighbours_k: self.neighbours_k as usize,
+            debounce: std::time::Duration::from_millis(self.refresh_debounce_ms),
         }
     }
 }
@@ -130,6 +165,23 @@ impl Config {
         }
         if self.embed.max_batch == 0 || self.embed.max_in_flight == 0 {
             return bad("embed.max_batch and embed.max_in_flight must be at least 1");
+        }
+        let pp = &self.post_processing;
+        if pp.dba_k == 0 || pp.neighbours_k < pp.dba_k {
+            return bad("post_processing needs 1 <= dba_k <= neighbours_k");
+        }
+        if pp.kr_k1 == 0
+            || pp.kr_k2 == 0
+            || pp.kr_k1 > pp.neighbours_k
+            || pp.kr_k2 > pp.neighbours_k + 1
+        {
+            return bad("post_processing needs 1 <= kr_k1 <= neighbours_k and 1 <= kr_k2 <= neighbours_k + 1");
+        }
+        if !(0.0..=1.0).contains(&pp.kr_lambda) {
+            return bad("post_processing.kr_lambda must be in [0, 1]");
+        }
+        if pp.shortlist == 0 || pp.shortlist > pp.max_shortlist {
+            return bad("post_processing needs 1 <= shortlist <= max_shortlist");
         }
         if self.embed.limits.max_bytes > self.max_message_bytes {
             return bad("embed.max_bytes cannot exceed max_message_bytes");

@@ -143,7 +143,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let db = cfg.database_path();
     let params = cfg.index.clone();
-    let galleries = tokio::task::spawn_blocking(move || Galleries::open(&db, params))
+    let post = cfg.post_processing.gallery_config();
+    let galleries = tokio::task::spawn_blocking(move || Galleries::open(&db, params, post))
         .await?
         .with_context(|| format!("opening the galleries in {}", cfg.data_dir.display()))?;
 

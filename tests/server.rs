@@ -56,6 +56,29 @@ async fn search_image(
     client.search(req).await.unwrap().into_inner().hits
 }
 
+/// Waits until the gallery's post-processing state reflects every write.
+async fn wait_refreshed(
+    client: &mut pb::retrieval_client::RetrievalClient<tonic::transport::Channel>,
+    gallery: &str,
+) -> pb::IndexState {
+    let req = pb::GalleryStatsRequest {
+        gallery: gallery.into(),
+    };
+    let t = std::time::Instant::now();
+    loop {
+        let s = client.gallery_stats(req.clone()).await.unwrap();
+        let index = s.into_inner().index.unwrap();
+        if index.stale_items == 0 && index.post_processing_generation > 0 {
+            return index;
+        }
+        assert!(
+            t.elapsed().as_secs() < 60,
+            "refresh never finished: {index:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Every 10th grocery class: 9 products, 8 gallery photos each.
 const CLASSES: [u32; 9] = [0, 10, 20, 30, 40, 50, 60, 70, 80];
 
@@ -159,6 +182,8 @@ async fn add_search_remove_and_find_everything_after_restart() {
         .collect();
     expected.sort();
     assert_eq!(listed, expected);
+    // Answers are defined once the post-processing state caught up.
+    wait_refreshed(&mut client, "groc").await;
     let before: Vec<Vec<pb::Hit>> = {
         let mut v = Vec::new();
         for (p, _) in &query_rows[..4] {
@@ -557,4 +582,101 @@ async fn health_reflection_and_gallery_isolation() {
             .collect::<Vec<_>>(),
         vec!["b"]
     );
+}
+
+#[tokio::test]
+async fn per_request_query_expansion_and_k_reciprocal_with_stage_timings() {
+    let data = tempfile::tempdir().unwrap();
+    let classes = [0, 20, 40, 60, 80];
+    let gallery_rows = subset(&split("train.txt"), &classes, 6);
+    let query_rows = subset(&split("val.txt"), &classes, 1);
+    let class_of: HashMap<String, u32> = gallery_rows.iter().cloned().collect();
+    let server = Server::start(data.path(), "[post_processing]\nrefresh_debounce_ms = 10\n");
+    let mut client = server.client().await;
+    client
+        .create_gallery(pb::CreateGalleryRequest {
+            gallery: "pp".into(),
+        })
+        .await
+        .unwrap();
+    let items = gallery_rows
+        .iter()
+        .map(|(p, _)| image_item("pp", p, read_image(p)))
+        .collect();
+    let (_, summary) = add_all(&mut client, items).await;
+    assert_eq!(summary.added, gallery_rows.len() as u64);
+
+    // The refresher catches up: neighbour lists and DBA vectors computed.
+    let index = wait_refreshed(&mut client, "pp").await;
+    assert!(index.dba, "DBA is on by default");
+
+    let pp = |k1: u32, lambda: f32, shortlist: u32| pb::PostProcessing {
+        shortlist: Some(shortlist),
+        query_expansion: Some(pb::QueryExpansion {
+            enabled: true,
+            k: 2,
+            alpha: 3.0,
+        }),
+        k_reciprocal: Some(pb::KReciprocal {
+            enabled: true,
+            k1,
+            k2: 6,
+            lambda,
+        }),
+    };
+    let mut same_class = 0;
+    for (path, class) in &query_rows {
+        let req = pb::SearchRequest {
+            gallery: "pp".into(),
+            query: Some(pb::search_request::Query::Image(read_image(path))),
+            top_k: 5,
+            post_processing: Some(pp(20, 0.3, 25)),
+            ..Default::default()
+        };
+        let resp = client.search(req).await.unwrap().into_inner();
+        assert_eq!(resp.hits.len(), 5);
+        assert!(resp.hits.windows(2).all(|w| w[0].distance <= w[1].distance));
+        same_class += usize::from(class_of[&resp.hits[0].id] == *class);
+        let stages: Vec<&str> = resp.timings.iter().map(|t| t.stage.as_str()).collect();
+        assert_eq!(
+            stages,
+            [
+                "decode",
+                "embed",
+                "search",
+                "query_expansion",
+                "search_expanded",
+                "k_reciprocal"
+            ]
+        );
+        eprintln!(
+            "stage timings (us): {:?}",
+            resp.timings
+                .iter()
+                .map(|t| (t.stage.as_str(), t.micros))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(
+        same_class * 2 >= query_rows.len(),
+        "top hit of the same product for {same_class} of {} queries",
+        query_rows.len()
+    );
+
+    // Bad parameters are rejected with a message naming them.
+    for (bad, what) in [
+        (pp(0, 0.3, 25), "k1"),
+        (pp(20, 1.5, 25), "lambda"),
+        (pp(20, 0.3, 1_000_000), "shortlist"),
+    ] {
+        let req = pb::SearchRequest {
+            gallery: "pp".into(),
+            query: Some(pb::search_request::Query::ItemId(gallery_rows[0].0.clone())),
+            post_processing: Some(bad),
+            ..Default::default()
+        };
+        let err = client.search(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(what), "{}", err.message());
+    }
 }

@@ -2,6 +2,7 @@
 //! mapping, and the server (with health and reflection).
 
 mod ingest;
+mod search;
 pub mod server;
 pub mod service;
 pub mod status;

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -15,8 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::pb::{self, retrieval_server::Retrieval};
 use crate::config::{Config, PostProcessingDefaults};
 use crate::embed::Engine;
-use crate::gallery::{Galleries, Gallery, Metadata, SearchParams};
-use crate::index::distance::normalised;
+use crate::gallery::{Galleries, Gallery, Metadata};
 use crate::store::GalleryMeta;
 
 use super::ingest;
@@ -57,6 +55,9 @@ impl RetrievalService {
                 tombstones: s.tombstones as u64,
                 rebuilding: s.index.rebuilding,
                 generation: s.index.generation,
+                stale_items: s.stale_items,
+                post_processing_generation: s.post_generation,
+                dba: s.dba,
             }),
         }
     }
@@ -89,37 +90,12 @@ pub(super) fn check_descriptor(g: &Gallery, d: &pb::Descriptor) -> Result<Vec<f3
     Ok(g.prepare(&d.values)?)
 }
 
-fn timing(stage: &str, since: Instant) -> pb::StageTiming {
-    pb::StageTiming {
-        stage: stage.to_string(),
-        micros: since.elapsed().as_micros() as u64,
-    }
-}
-
 fn to_metadata(m: HashMap<String, String>) -> Metadata {
     m.into_iter().collect()
 }
 
 fn blocking_failed(e: tokio::task::JoinError) -> Status {
     Status::internal(format!("worker task failed: {e}"))
-}
-
-/// Query expansion: `q' = q + sum w_i g_i` over the top-k hits, with
-/// `w_i = 1` (AQE, spec 3: mean, not re-normalised; the mean's direction
-/// is what a cosine search uses) or `max(0, q.g_i)^alpha` (alpha-QE).
-fn expand_query(q: &[f32], neighbours: &[Arc<[f32]>], alpha: f32) -> Option<Vec<f32>> {
-    let mut out = q.to_vec();
-    for g in neighbours {
-        let w = if alpha > 0.0 {
-            crate::index::distance::dot(q, g).max(0.0).powf(alpha)
-        } else {
-            1.0
-        };
-        for (o, x) in out.iter_mut().zip(g.iter()) {
-            *o += w * x;
-        }
-    }
-    normalised(&out)
 }
 
 #[tonic::async_trait]
@@ -185,76 +161,28 @@ impl Retrieval for RetrievalService {
                 ))
             }
         };
-        let pp = req.post_processing.unwrap_or_default();
-        if pp.k_reciprocal.as_ref().is_some_and(|kr| kr.enabled) {
-            return Err(Status::unimplemented(
-                "k-reciprocal re-ranking is not available in this version yet",
-            ));
-        }
-        let qe = pp.query_expansion.unwrap_or(pb::QueryExpansion {
-            enabled: self.pp.query_expansion,
-            k: self.pp.qe_k,
-            alpha: self.pp.qe_alpha,
-        });
-        if qe.enabled
-            && (qe.k == 0 || qe.k > self.max_top_k || !qe.alpha.is_finite() || qe.alpha < 0.0)
-        {
-            return Err(Status::invalid_argument(
-                "query_expansion needs 1 <= k <= max_top_k and alpha >= 0",
-            ));
-        }
         let ef = if req.ef_search == 0 {
             g.default_ef()
         } else {
             req.ef_search as usize
         };
+        let limits = super::search::Limits {
+            pp: &self.pp,
+            max_top_k: self.max_top_k,
+        };
+        let plan = super::search::plan(req.post_processing, &limits, k, ef, req.exact)?;
         let filter = to_metadata(req.filter);
-        let started = Instant::now();
-        let (hits, qe_micros) = tokio::task::spawn_blocking(move || {
-            let params = SearchParams {
-                k,
-                ef,
-                exact: req.exact,
-                filter: &filter,
-                exclude: exclude.as_deref(),
-            };
-            if !qe.enabled {
-                return (g.search(&query, &params), None);
-            }
-            let first = g.search(
-                &query,
-                &SearchParams {
-                    k: qe.k as usize,
-                    ..params
-                },
-            );
-            let t = Instant::now();
-            let neighbours: Vec<_> = first
-                .iter()
-                .filter_map(|h| g.get(&h.id))
-                .map(|e| e.vector)
-                .collect();
-            let q2 = expand_query(&query, &neighbours, qe.alpha).unwrap_or(query);
-            let micros = t.elapsed().as_micros() as u64;
-            let params = SearchParams {
-                k,
-                ef,
-                exact: req.exact,
-                filter: &filter,
-                exclude: exclude.as_deref(),
-            };
-            (g.search(&q2, &params), Some(micros))
+        let out = tokio::task::spawn_blocking(move || {
+            crate::gallery::online::search(&g, &query, &plan, &filter, exclude.as_deref())
         })
         .await
-        .map_err(blocking_failed)?;
-        if let Some(m) = qe_micros {
-            timings.push(pb::StageTiming {
-                stage: "query_expansion".into(),
-                micros: m,
-            });
-        }
-        timings.push(timing("search", started));
-        let hits = hits
+        .map_err(blocking_failed)??;
+        timings.extend(out.timings.into_iter().map(|(stage, d)| pb::StageTiming {
+            stage: stage.to_string(),
+            micros: d.as_micros() as u64,
+        }));
+        let hits = out
+            .hits
             .into_iter()
             .map(|h| pb::Hit {
                 id: h.id,

@@ -4,15 +4,25 @@
 //! Writes go to the store first, in one transaction per call; only after
 //! it commits is the in-memory state changed and the caller answered. The
 //! index is rebuilt from the store at start.
+//!
+//! Post-processing state (neighbour lists, DBA vectors) lives in `post`
+//! and is refreshed in the background after writes; `online` runs the
+//! per-request stages.
+
+pub mod online;
+pub mod post;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
 use crate::index::{exact, AnnIndex, HnswParams, IndexStatus, Vector};
 use crate::store::{Change, GalleryMeta, ItemRecord, Store, StoreError};
+
+use post::{PostConfig, Snapshot};
 
 pub type Metadata = BTreeMap<String, String>;
 
@@ -49,7 +59,11 @@ pub enum GalleryError {
 pub struct Entry {
     pub seq: u64,
     pub metadata: Metadata,
+    /// The raw unit descriptor (what GetItem returns).
     pub vector: Vector,
+    /// What the index holds: the DBA vector once a refresh has computed
+    /// it, the raw descriptor before that or with DBA off.
+    pub indexed: Vector,
 }
 
 /// One item to add; `vector` must already be unit length.
@@ -62,6 +76,7 @@ pub struct NewItem {
 #[derive(Debug, Clone)]
 pub struct Hit {
     pub id: String,
+    pub seq: u64,
     pub distance: f32,
     pub metadata: Metadata,
 }
@@ -86,6 +101,15 @@ pub struct Gallery {
     index: Arc<AnnIndex>,
     /// Serialises writers so store order and memory order agree.
     writer: Mutex<()>,
+    post_cfg: PostConfig,
+    post: RwLock<Option<Arc<Snapshot>>>,
+    /// Items added, replaced or removed since the current snapshot was
+    /// taken; changed under the state lock so it matches the snapshot.
+    stale: AtomicU64,
+    /// One refresh at a time.
+    refreshing: Mutex<()>,
+    /// Wakes the background refresher; dropping it stops the thread.
+    refresh_tx: Mutex<Option<mpsc::Sender<()>>>,
 }
 
 /// What a search asks for, besides the query vector.
@@ -105,6 +129,11 @@ pub struct GalleryStats {
     pub meta: GalleryMeta,
     pub index: IndexStatus,
     pub tombstones: usize,
+    /// Changes not yet reflected in neighbour lists / DBA vectors.
+    pub stale_items: u64,
+    /// Generation of the current post-processing snapshot (0: none yet).
+    pub post_generation: u64,
+    pub dba: bool,
 }
 
 impl Gallery {
@@ -113,6 +142,7 @@ impl Gallery {
         meta: GalleryMeta,
         store: Arc<Store>,
         params: HnswParams,
+        post_cfg: PostConfig,
     ) -> Result<Self, GalleryError> {
         let records = store.load_items(&name)?;
         let mut state = State::default();
@@ -134,10 +164,12 @@ impl Gallery {
                 Entry {
                     seq: rec.seq,
                     metadata: rec.metadata,
+                    indexed: vector.clone(),
                     vector,
                 },
             );
         }
+        let stale = state.items.len() as u64;
         let index = Arc::new(AnnIndex::new(params, &live));
         Ok(Self {
             name,
@@ -146,7 +178,112 @@ impl Gallery {
             state: RwLock::new(state),
             index,
             writer: Mutex::new(()),
+            post_cfg,
+            post: RwLock::new(None),
+            stale: AtomicU64::new(stale),
+            refreshing: Mutex::new(()),
+            refresh_tx: Mutex::new(None),
         })
+    }
+
+    /// Starts the background refresher (and a refresh if state is stale).
+    fn start_refresher(self: &Arc<Self>) {
+        let (tx, rx) = mpsc::channel::<()>();
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let debounce = self.post_cfg.debounce;
+        let name = self.name.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("refresh-{name}"))
+            .spawn(move || {
+                // Ends when the gallery (and so the sender) is dropped.
+                while rx.recv().is_ok() {
+                    std::thread::sleep(debounce);
+                    while rx.try_recv().is_ok() {}
+                    let Some(g) = weak.upgrade() else { break };
+                    if let Err(e) = g.refresh_post() {
+                        tracing::warn!(gallery = %name, error = %e, "post-processing refresh failed");
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                if self.stale.load(Ordering::Acquire) > 0 {
+                    let _ = tx.send(());
+                }
+                *self.refresh_tx.lock() = Some(tx);
+            }
+            Err(e) => tracing::warn!(gallery = %self.name, error = %e, "no refresher thread"),
+        }
+    }
+
+    fn mark_stale(&self) {
+        if let Some(tx) = self.refresh_tx.lock().as_ref() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// The current post-processing snapshot, if one was computed.
+    pub fn post_snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.post.read().clone()
+    }
+
+    pub fn post_config(&self) -> &PostConfig {
+        &self.post_cfg
+    }
+
+    /// Recomputes neighbour lists and DBA vectors over the live gallery,
+    /// installs the DBA vectors in the index, and publishes the snapshot.
+    /// Blocking and O(N^2 d); the refresher calls it, tests may too.
+    pub fn refresh_post(&self) -> Result<(), crate::rerank::RerankError> {
+        let _one = self.refreshing.lock();
+        let t = std::time::Instant::now();
+        let state = self.state.read();
+        let items: Vec<(u64, Vector)> = state
+            .items
+            .values()
+            .map(|e| (e.seq, e.vector.clone()))
+            .collect();
+        let stale_at = self.stale.load(Ordering::Acquire);
+        drop(state);
+        let generation = self.post.read().as_ref().map_or(0, |s| s.generation) + 1;
+        let snap = Snapshot::compute(&items, self.dims(), &self.post_cfg, generation)?;
+        if let Some(dba) = &snap.dba {
+            self.install_indexed(&snap, dba);
+        }
+        *self.post.write() = Some(Arc::new(snap));
+        self.stale.fetch_sub(stale_at, Ordering::AcqRel);
+        tracing::info!(gallery = %self.name, items = items.len(), generation,
+            ms = t.elapsed().as_millis() as u64, "post-processing refreshed");
+        Ok(())
+    }
+
+    /// Sets each snapshot item's indexed vector to its DBA vector (items
+    /// replaced since keep theirs) and rebuilds the index from them.
+    fn install_indexed(&self, snap: &Snapshot, dba: &ndarray::Array2<f32>) {
+        let live = loop {
+            let mut state = self.state.write();
+            for (row, &seq) in snap.seqs.iter().enumerate() {
+                let Some(id) = state.by_seq.get(&seq).cloned() else {
+                    continue;
+                };
+                if let Some(e) = state.items.get_mut(&id) {
+                    e.indexed = dba.row(row).to_vec().into();
+                }
+            }
+            let state = parking_lot::RwLockWriteGuard::downgrade(state);
+            // As in `maybe_rebuild`: snapshot right after marking, under
+            // the state lock; wait out a tombstone rebuild in progress.
+            if self.index.begin_rebuild() {
+                break state
+                    .items
+                    .values()
+                    .map(|e| (e.seq, e.indexed.clone()))
+                    .collect::<Vec<_>>();
+            }
+            drop(state);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        self.index.finish_rebuild(&live);
     }
 
     pub fn name(&self) -> &str {
@@ -207,6 +344,7 @@ impl Gallery {
 
         let mut state = self.state.write();
         state.next_seq = first_seq + items.len() as u64;
+        let n_items = items.len() as u64;
         for (it, rec) in items.into_iter().zip(records) {
             let vector: Vector = rec.descriptor.into();
             if let Some(old) = state.items.insert(
@@ -215,6 +353,7 @@ impl Gallery {
                     seq: rec.seq,
                     metadata: rec.metadata,
                     vector: vector.clone(),
+                    indexed: vector.clone(),
                 },
             ) {
                 state.by_seq.remove(&old.seq);
@@ -222,7 +361,9 @@ impl Gallery {
             state.by_seq.insert(rec.seq, it.id);
             self.index.insert(rec.seq, vector);
         }
+        self.stale.fetch_add(n_items, Ordering::AcqRel);
         drop(state);
+        self.mark_stale();
         self.maybe_rebuild();
         Ok(replaced)
     }
@@ -239,9 +380,13 @@ impl Gallery {
                 missing.push(id.clone());
             } else if let Some(old) = state.items.remove(id) {
                 state.by_seq.remove(&old.seq);
+                self.stale.fetch_add(1, Ordering::AcqRel);
             }
         }
         drop(state);
+        if missing.len() < ids.len() {
+            self.mark_stale();
+        }
         self.maybe_rebuild();
         Ok(missing)
     }
@@ -284,7 +429,7 @@ impl Gallery {
                     .items
                     .values()
                     .filter(|e| matches(e))
-                    .map(|e| (e.seq, &e.vector[..]));
+                    .map(|e| (e.seq, &e.indexed[..]));
                 exact::top_k(q, cands, wanted)
             } else {
                 let keep = |seq: u64| {
@@ -305,6 +450,7 @@ impl Gallery {
                 let e = state.items.get(id)?;
                 Some(Hit {
                     id: id.clone(),
+                    seq,
                     distance,
                     metadata: e.metadata.clone(),
                 })
@@ -326,6 +472,9 @@ impl Gallery {
             meta: self.meta.clone(),
             tombstones: index.points.saturating_sub(count),
             index,
+            stale_items: self.stale.load(Ordering::Acquire),
+            post_generation: self.post.read().as_ref().map_or(0, |s| s.generation),
+            dba: self.post_cfg.dba,
         }
     }
 
@@ -348,7 +497,7 @@ impl Gallery {
         let live: Vec<(u64, Vector)> = state
             .items
             .values()
-            .map(|e| (e.seq, e.vector.clone()))
+            .map(|e| (e.seq, e.indexed.clone()))
             .collect();
         drop(state);
         let index = self.index.clone();
@@ -365,23 +514,37 @@ impl Gallery {
 pub struct Galleries {
     store: Arc<Store>,
     params: HnswParams,
+    post: PostConfig,
     map: RwLock<BTreeMap<String, Arc<Gallery>>>,
 }
 
 impl Galleries {
     /// Opens the store and loads every gallery (index rebuilt from the store).
-    pub fn open(path: &Path, params: HnswParams) -> Result<Self, GalleryError> {
+    pub fn open(path: &Path, params: HnswParams, post: PostConfig) -> Result<Self, GalleryError> {
         let store = Arc::new(Store::open(path)?);
         let mut map = BTreeMap::new();
         for (name, meta) in store.galleries()? {
             let t = std::time::Instant::now();
-            let g = Gallery::open(name.clone(), meta, store.clone(), params.clone())?;
+            let g = Arc::new(Gallery::open(
+                name.clone(),
+                meta,
+                store.clone(),
+                params.clone(),
+                post.clone(),
+            )?);
+            // Recomputed, not persisted: computed before serving, so a
+            // restarted server answers as the batch definition does.
+            if let Err(e) = g.refresh_post() {
+                tracing::warn!(gallery = %name, error = %e, "post-processing state not computed");
+            }
+            g.start_refresher();
             tracing::info!(gallery = %name, items = g.len(), ms = t.elapsed().as_millis() as u64, "gallery loaded");
-            map.insert(name, Arc::new(g));
+            map.insert(name, g);
         }
         Ok(Self {
             store,
             params,
+            post,
             map: RwLock::new(map),
         })
     }
@@ -415,7 +578,9 @@ impl Galleries {
             meta,
             self.store.clone(),
             self.params.clone(),
+            self.post.clone(),
         )?);
+        g.start_refresher();
         map.insert(name.to_string(), g.clone());
         Ok(g)
     }
@@ -458,3 +623,6 @@ fn validate_id(id: &str) -> Result<(), GalleryError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

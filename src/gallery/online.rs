@@ -1,0 +1,164 @@
+//! Per-request post-processing (spec section 3) on one query: ANN
+//! shortlist, optional AQE / alpha-QE and a second search, then KR over
+//! the shortlist with the gallery's stored neighbour lists (`kr_single`).
+//! The stages themselves are the batch implementations in `crate::rerank`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ndarray::{Array2, ArrayView1, ArrayView2};
+
+use super::{Gallery, Hit, Metadata, SearchParams};
+use crate::rerank::aqe::{alpha_qe, aqe};
+use crate::rerank::kreciprocal::{kr_single, KrParams};
+use crate::rerank::RerankError;
+
+/// Query expansion: `alpha == 0` is AQE, `> 0` alpha-QE.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueryExpansion {
+    pub k: usize,
+    pub alpha: f64,
+}
+
+/// A validated request.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub top_k: usize,
+    pub ef: usize,
+    pub exact: bool,
+    /// Candidates KR re-ranks (at least `top_k`).
+    pub shortlist: usize,
+    pub qe: Option<QueryExpansion>,
+    pub kr: Option<KrParams>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OnlineError {
+    #[error("the post-processing state of gallery {0:?} is still being computed; retry shortly")]
+    NotReady(String),
+    #[error(transparent)]
+    Rerank(#[from] RerankError),
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub hits: Vec<Hit>,
+    pub timings: Vec<(&'static str, Duration)>,
+}
+
+/// Runs `plan` for the unit query `q`. Blocking (CPU-bound).
+pub fn search(
+    g: &Gallery,
+    q: &[f32],
+    plan: &Plan,
+    filter: &Metadata,
+    exclude: Option<&str>,
+) -> Result<Outcome, OnlineError> {
+    let mut timings = Vec::new();
+    let want = if plan.kr.is_some() {
+        plan.shortlist.max(plan.top_k)
+    } else {
+        plan.top_k
+    };
+    let params = |k| SearchParams {
+        k,
+        ef: plan.ef,
+        exact: plan.exact,
+        filter,
+        exclude,
+    };
+    let t = Instant::now();
+    let first_k = plan.qe.map_or(want, |qe| qe.k.max(want));
+    let mut hits = g.search(q, &params(first_k));
+    timings.push(("search", t.elapsed()));
+
+    let mut query = q.to_vec();
+    if let Some(qe) = plan.qe {
+        let t = Instant::now();
+        let k = qe.k.min(hits.len());
+        let expanded = if k == 0 {
+            None
+        } else {
+            let rows: Vec<_> = hits[..k]
+                .iter()
+                .filter_map(|h| g.get(&h.id).map(|e| e.vector))
+                .collect();
+            expand(q, &rows, qe.alpha)?
+        };
+        timings.push(("query_expansion", t.elapsed()));
+        if let Some(q2) = expanded {
+            let t = Instant::now();
+            hits = g.search(&q2, &params(want));
+            timings.push(("search_expanded", t.elapsed()));
+            query = q2;
+        }
+    }
+    hits.truncate(want);
+
+    if let Some(kr) = &plan.kr {
+        let t = Instant::now();
+        let snap = g
+            .post_snapshot()
+            .ok_or_else(|| OnlineError::NotReady(g.name().to_string()))?;
+        if let Some(nb) = &snap.neighbours {
+            // Items added after the snapshot have no neighbour list yet;
+            // they wait for the next refresh (see GalleryStats.stale_items).
+            let mut by_row: HashMap<usize, Hit> = HashMap::new();
+            for h in hits.drain(..) {
+                if let Some(&row) = snap.row_of.get(&h.seq) {
+                    by_row.insert(row, h);
+                }
+            }
+            let mut rows: Vec<usize> = by_row.keys().copied().collect();
+            rows.sort_unstable();
+            if !rows.is_empty() {
+                let ranked = kr_single(
+                    ArrayView1::from(&query[..]),
+                    snap.raw.view(),
+                    nb,
+                    &rows,
+                    None,
+                    kr,
+                    plan.top_k,
+                )?;
+                for (row, d) in ranked {
+                    if let Some(mut h) = by_row.remove(&row) {
+                        h.distance = d as f32;
+                        hits.push(h);
+                    }
+                }
+            }
+        }
+        timings.push(("k_reciprocal", t.elapsed()));
+    }
+    hits.truncate(plan.top_k);
+    Ok(Outcome { hits, timings })
+}
+
+/// Spec AQE / alpha-QE over the top rows, re-normalised (the online
+/// service searches with unit vectors). None for a zero result.
+fn expand(
+    q: &[f32],
+    rows: &[crate::index::Vector],
+    alpha: f64,
+) -> Result<Option<Vec<f32>>, RerankError> {
+    let d = q.len();
+    let mut gal = Array2::<f32>::zeros((rows.len(), d));
+    for (mut r, v) in gal.rows_mut().into_iter().zip(rows) {
+        r.assign(&ArrayView1::from(&v[..]));
+    }
+    let qv = ArrayView2::from_shape((1, d), q).map_err(|_| RerankError::DimMismatch {
+        what: "query",
+        got: q.len(),
+        expected: d,
+    })?;
+    let ranking = vec![(0..rows.len()).collect::<Vec<_>>()];
+    let out = if alpha > 0.0 {
+        alpha_qe(qv, gal.view(), &ranking, rows.len(), alpha)?
+    } else {
+        aqe(qv, gal.view(), &ranking, rows.len())?
+    };
+    Ok(crate::index::distance::normalised(
+        out.as_slice().unwrap_or(&[]),
+    ))
+}

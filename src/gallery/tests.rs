@@ -1,0 +1,213 @@
+//! Online post-processing against the batch definitions.
+
+use std::time::Duration;
+
+use ndarray::{Array2, ArrayView1};
+
+use super::online::{self, Plan, QueryExpansion};
+use super::post::PostConfig;
+use super::*;
+use crate::rerank::dba::gallery_dba;
+use crate::rerank::kreciprocal::{k_reciprocal, GalleryNeighbours, KrParams};
+
+const DIMS: usize = 16;
+
+fn unit_vector(seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let v: Vec<f32> = (0..DIMS)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    crate::index::distance::normalised(&v).unwrap()
+}
+
+/// Clustered items, so neighbour lists and KR have structure.
+fn item(i: u64) -> NewItem {
+    let centre = unit_vector(1000 + i % 7);
+    let noise = unit_vector(i + 1);
+    let v: Vec<f32> = centre
+        .iter()
+        .zip(&noise)
+        .map(|(c, n)| c + 0.4 * n)
+        .collect();
+    NewItem {
+        id: format!("item-{i:04}"),
+        vector: crate::index::distance::normalised(&v).unwrap(),
+        metadata: Metadata::new(),
+    }
+}
+
+fn open(dir: &Path, cfg: PostConfig) -> Arc<Gallery> {
+    let gs = Galleries::open(&dir.join("db.redb"), HnswParams::default(), cfg).unwrap();
+    let meta = GalleryMeta {
+        model_fingerprint: "test".into(),
+        dims: DIMS as u32,
+    };
+    gs.create("g", meta).unwrap()
+}
+
+/// No background refresher interference: a long debounce.
+fn manual() -> PostConfig {
+    PostConfig {
+        debounce: Duration::from_secs(3600),
+        ..PostConfig::default()
+    }
+}
+
+/// Live items in id order (the snapshot's row order) as a matrix.
+fn live_matrix(g: &Gallery) -> (Vec<String>, Array2<f32>) {
+    let (items, _) = g.list(None, usize::MAX);
+    let mut m = Array2::zeros((items.len(), DIMS));
+    for (mut row, (_, e)) in m.rows_mut().into_iter().zip(&items) {
+        row.assign(&ArrayView1::from(&e.vector[..]));
+    }
+    (items.into_iter().map(|(id, _)| id).collect(), m)
+}
+
+#[test]
+fn online_kr_over_the_whole_gallery_equals_batch_kr_with_one_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = open(dir.path(), manual());
+    g.upsert((0..80).map(item).collect()).unwrap();
+    g.refresh_post().unwrap();
+    let (ids, raw) = live_matrix(&g);
+    let n = ids.len();
+    let params = KrParams::default();
+    for seed in [7u64, 8, 9] {
+        let q = item(5000 + seed).vector;
+        let plan = Plan {
+            top_k: n,
+            ef: 256,
+            exact: true,
+            shortlist: n,
+            qe: None,
+            kr: Some(params),
+        };
+        let out = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
+        let qm = Array2::from_shape_vec((1, DIMS), q.clone()).unwrap();
+        let batch = k_reciprocal(qm.view(), raw.view(), &params, n).unwrap();
+        let want: Vec<&str> = batch.ids[0].iter().map(|&r| ids[r].as_str()).collect();
+        let got: Vec<&str> = out.hits.iter().map(|h| h.id.as_str()).collect();
+        assert_eq!(got, want, "same ranking as batch KR");
+        for (h, d) in out.hits.iter().zip(&batch.dists[0]) {
+            assert!((f64::from(h.distance) - d).abs() < 1e-6);
+        }
+        let stages: Vec<&str> = out.timings.iter().map(|t| t.0).collect();
+        assert_eq!(stages, vec!["search", "k_reciprocal"]);
+    }
+}
+
+#[test]
+fn after_writes_and_a_refresh_the_state_equals_a_batch_recompute() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = open(dir.path(), manual());
+    g.upsert((0..60).map(item).collect()).unwrap();
+    g.refresh_post().unwrap();
+    assert_eq!((g.stats().stale_items, g.stats().post_generation), (0, 1));
+
+    // Adds, removes and replacements change other items' neighbours.
+    g.upsert((60..75).map(item).collect()).unwrap();
+    let removed: Vec<String> = (0..60).step_by(9).map(|i| item(i).id).collect();
+    assert!(g.remove(&removed).unwrap().is_empty());
+    let mut again = item(3);
+    again.vector = item(3333).vector;
+    g.upsert(vec![again]).unwrap();
+    assert_eq!(g.stats().stale_items, 15 + removed.len() as u64 + 1);
+
+    g.refresh_post().unwrap();
+    let s = g.stats();
+    assert_eq!((s.stale_items, s.post_generation), (0, 2));
+
+    let (ids, raw) = live_matrix(&g);
+    let snap = g.post_snapshot().unwrap();
+    assert_eq!(snap.len(), ids.len());
+    let cfg = g.post_config();
+    let batch_nb = GalleryNeighbours::build(raw.view(), cfg.neighbours_k).unwrap();
+    let nb = snap.neighbours.as_ref().unwrap();
+    assert_eq!(nb.parts().0, batch_nb.parts().0);
+    assert_eq!(nb.parts().2, batch_nb.parts().2, "neighbour lists");
+    assert_eq!(nb.parts().3, batch_nb.parts().3, "neighbour distances");
+    assert_eq!(nb.parts().4, batch_nb.parts().4, "row maxima");
+
+    let batch_dba = gallery_dba(raw.view(), cfg.dba_k, true).unwrap();
+    assert_eq!(snap.dba.as_ref().unwrap(), &batch_dba, "DBA vectors");
+    // The index holds them; the raw descriptor stays what GetItem returns.
+    for (row, id) in ids.iter().enumerate() {
+        let e = g.get(id).unwrap();
+        assert_eq!(&e.indexed[..], batch_dba.row(row).as_slice().unwrap());
+        assert_eq!(&e.vector[..], raw.row(row).as_slice().unwrap());
+    }
+    // An exact search for an item's DBA vector finds the item first.
+    let e = g.get(&ids[4]).unwrap();
+    let p = SearchParams {
+        k: 1,
+        ef: 64,
+        exact: false,
+        filter: &Metadata::new(),
+        exclude: None,
+    };
+    assert_eq!(g.search(&e.indexed, &p)[0].id, ids[4]);
+}
+
+#[test]
+fn background_refresher_catches_up_and_dba_can_be_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PostConfig {
+        dba: false,
+        debounce: Duration::from_millis(5),
+        ..PostConfig::default()
+    };
+    let g = open(dir.path(), cfg);
+    g.upsert((0..30).map(item).collect()).unwrap();
+    let t = std::time::Instant::now();
+    while g.stats().stale_items > 0 || g.stats().post_generation == 0 {
+        assert!(t.elapsed() < Duration::from_secs(30), "refresher stuck");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let snap = g.post_snapshot().unwrap();
+    assert!(snap.dba.is_none());
+    assert_eq!(snap.len(), 30);
+    let e = g.get("item-0001").unwrap();
+    assert_eq!(
+        e.indexed, e.vector,
+        "with DBA off the index holds raw vectors"
+    );
+}
+
+#[test]
+fn query_expansion_then_kr_ranks_the_shortlist() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = open(dir.path(), manual());
+    g.upsert((0..50).map(item).collect()).unwrap();
+    // KR needs the state; before the first refresh it is not ready.
+    let plan = Plan {
+        top_k: 5,
+        ef: 128,
+        exact: false,
+        shortlist: 20,
+        qe: Some(QueryExpansion { k: 2, alpha: 3.0 }),
+        kr: Some(KrParams::default()),
+    };
+    let q = item(1).vector;
+    let err = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap_err();
+    assert!(matches!(err, online::OnlineError::NotReady(_)), "{err}");
+    g.refresh_post().unwrap();
+    let out = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
+    assert_eq!(out.hits.len(), 5);
+    assert_eq!(out.hits[0].id, "item-0001");
+    assert!(out.hits.windows(2).all(|w| w[0].distance <= w[1].distance));
+    let stages: Vec<&str> = out.timings.iter().map(|t| t.0).collect();
+    assert_eq!(
+        stages,
+        vec![
+            "search",
+            "query_expansion",
+            "search_expanded",
+            "k_reciprocal"
+        ]
+    );
+}
