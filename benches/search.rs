@@ -29,7 +29,11 @@ fn random_unit(rng: &mut impl Rng) -> Vec<f32> {
 /// A photo of product `centre`: the centre plus as much noise again.
 fn near(rng: &mut impl Rng, centre: &[f32]) -> Vec<f32> {
     let noise = random_unit(rng);
-    let v: Vec<f32> = centre.iter().zip(&noise).map(|(c, n)| c + 0.8 * n).collect();
+    let v: Vec<f32> = centre
+        .iter()
+        .zip(&noise)
+        .map(|(c, n)| c + 0.8 * n)
+        .collect();
     normalised(&v).expect("non-zero")
 }
 
@@ -55,10 +59,17 @@ fn main() {
     for n in sizes {
         let mut rng = rand::rngs::StdRng::seed_from_u64(n as u64);
         let centres: Vec<Vec<f32>> = (0..n / 20).map(|_| random_unit(&mut rng)).collect();
-        let items: Vec<(u64, Vector)> =
-            (0..n).map(|i| (i as u64, Arc::from(near(&mut rng, &centres[i % centres.len()])))).collect();
-        let queries: Vec<Vec<f32>> =
-            (0..QUERIES).map(|i| near(&mut rng, &centres[(i * 7919) % centres.len()])).collect();
+        let items: Vec<(u64, Vector)> = (0..n)
+            .map(|i| {
+                (
+                    i as u64,
+                    Arc::from(near(&mut rng, &centres[i % centres.len()])),
+                )
+            })
+            .collect();
+        let queries: Vec<Vec<f32>> = (0..QUERIES)
+            .map(|i| near(&mut rng, &centres[(i * 7919) % centres.len()]))
+            .collect();
         let t = Instant::now();
         let index = AnnIndex::new(params.clone(), &items);
         println!("\nN = {n}: HNSW build {:.1} s", t.elapsed().as_secs_f64());

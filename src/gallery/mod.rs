@@ -423,24 +423,23 @@ impl Gallery {
         let state = self.state.read();
         let matches = |e: &Entry| p.filter.iter().all(|(k, v)| e.metadata.get(k) == Some(v));
         let wanted = p.k + usize::from(p.exclude.is_some());
-        let raw: Vec<(u64, f32)> =
-            if p.exact || state.items.len() <= EXACT_LIMIT {
-                let cands = state
-                    .items
-                    .values()
-                    .filter(|e| matches(e))
-                    .map(|e| (e.seq, &e.indexed[..]));
-                exact::top_k(q, cands, wanted)
-            } else {
-                let keep = |seq: u64| {
-                    state
-                        .by_seq
-                        .get(&seq)
-                        .and_then(|id| state.items.get(id))
-                        .is_some_and(|e| e.seq == seq && matches(e))
-                };
-                self.index.search(q, wanted, p.ef, &keep)
+        let raw: Vec<(u64, f32)> = if p.exact || state.items.len() <= EXACT_LIMIT {
+            let cands = state
+                .items
+                .values()
+                .filter(|e| matches(e))
+                .map(|e| (e.seq, &e.indexed[..]));
+            exact::top_k(q, cands, wanted)
+        } else {
+            let keep = |seq: u64| {
+                state
+                    .by_seq
+                    .get(&seq)
+                    .and_then(|id| state.items.get(id))
+                    .is_some_and(|e| e.seq == seq && matches(e))
             };
+            self.index.search(q, wanted, p.ef, &keep)
+        };
         raw.into_iter()
             .filter_map(|(seq, distance)| {
                 let id = state.by_seq.get(&seq)?;
