@@ -378,11 +378,12 @@ fn new_arch_names_parse() {
 }
 
 #[test]
-fn digix_backbones_export_fp16_896_within_budget() {
+fn digix_backbones_export_fp16_896_within_budget_and_embed_in_the_engine() {
     // The five DIGIX retrieval backbones with SMG/6144 CGD heads, FP16 at 896 px.
     // Seed's sizes (MB): HRNet-W18 62, HRNet-W30 93, FishNet99 43, DLA102x 74, ResNet101 106.
     let head = HeadConfig::parse("SMG", 6144, 3.0).unwrap();
     let mut total = 0u64;
+    let mut entries = Vec::new();
     for arch in [
         Arch::HrnetW18,
         Arch::HrnetW30,
@@ -413,11 +414,46 @@ fn digix_backbones_export_fp16_896_within_budget() {
             backbone
         );
         total += e.file_bytes;
-        let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_file(&weights_path);
+        entries.push(e.manifest);
     }
     println!("total {:.1} MB", total as f64 / 1e6);
     assert!(total <= 500_000_000, "total {total} bytes > 500 MB");
+
+    // The ensemble loads in the serving engine (CPU: FP16 upcast at load)
+    // and embeds a real photo into one unit 5 x 6144-d descriptor.
+    let manifest_path = tmp("digix_ensemble.toml");
+    let manifest = crate::embed::manifest::Manifest {
+        name: "digix".into(),
+        backbones: entries,
+        projection: None,
+    };
+    manifest.write(&manifest_path).unwrap();
+    let dylib = std::env::var_os("LOOKALIKE_TEST_ORT_LIB").map_or_else(
+        || {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join(crate::config::DEFAULT_ORT_DYLIB)
+        },
+        std::path::PathBuf::from,
+    );
+    let engine = crate::embed::Engine::load(&manifest_path, &dylib, &Default::default()).unwrap();
+    assert_eq!(engine.dims(), 5 * 6144);
+    let photo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/datasets/grocery/val/Fruit/Banana/Banana_001.jpg");
+    let bytes = std::fs::read(&photo).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (d, _) = rt.block_on(engine.embed(bytes)).unwrap();
+    assert_eq!(d.len(), 5 * 6144);
+    assert!(d.iter().all(|x| x.is_finite()));
+    let norm = d.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+    drop(engine);
+    for e in &manifest.backbones {
+        let _ = std::fs::remove_file(tmp(&e.onnx));
+    }
 }
 
 #[test]
