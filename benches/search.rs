@@ -11,46 +11,20 @@
 //! visits much of the graph and says little about real galleries (that
 //! harder case is the recall test in tests/ann_recall.rs).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
-use lookalike::index::{distance::normalised, exact, AnnIndex, HnswParams, Vector};
-use rand::{Rng, SeedableRng};
+use common::{clustered, gallery_sizes, percentile, DIMS};
+use lookalike::index::{exact, AnnIndex, HnswParams, Vector};
+use rand::SeedableRng;
 
-const DIMS: usize = 512;
 const QUERIES: usize = 300;
 const K: usize = 10;
 
-fn random_unit(rng: &mut impl Rng) -> Vec<f32> {
-    let v: Vec<f32> = (0..DIMS).map(|_| rng.random::<f32>() - 0.5).collect();
-    normalised(&v).expect("non-zero")
-}
-
-/// A photo of product `centre`: the centre plus as much noise again.
-fn near(rng: &mut impl Rng, centre: &[f32]) -> Vec<f32> {
-    let noise = random_unit(rng);
-    let v: Vec<f32> = centre
-        .iter()
-        .zip(&noise)
-        .map(|(c, n)| c + 0.8 * n)
-        .collect();
-    normalised(&v).expect("non-zero")
-}
-
-fn percentile(sorted_us: &[f64], p: f64) -> f64 {
-    sorted_us[((sorted_us.len() - 1) as f64 * p).round() as usize]
-}
-
 fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let sizes = if sizes.is_empty() {
-        vec![10_000, 100_000]
-    } else {
-        sizes
-    };
+    let sizes = gallery_sizes();
     let params = HnswParams::default();
     println!(
         "dims {DIMS}, k {K}, {QUERIES} queries, m {}, ef_construction {}",
@@ -58,17 +32,11 @@ fn main() {
     );
     for n in sizes {
         let mut rng = rand::rngs::StdRng::seed_from_u64(n as u64);
-        let centres: Vec<Vec<f32>> = (0..n / 20).map(|_| random_unit(&mut rng)).collect();
-        let items: Vec<(u64, Vector)> = (0..n)
-            .map(|i| {
-                (
-                    i as u64,
-                    Arc::from(near(&mut rng, &centres[i % centres.len()])),
-                )
-            })
-            .collect();
-        let queries: Vec<Vec<f32>> = (0..QUERIES)
-            .map(|i| near(&mut rng, &centres[(i * 7919) % centres.len()]))
+        let (vectors, queries) = clustered(&mut rng, n, QUERIES);
+        let items: Vec<(u64, Vector)> = vectors
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64, Arc::from(v)))
             .collect();
         let t = Instant::now();
         let index = AnnIndex::new(params.clone(), &items);
@@ -92,7 +60,7 @@ fn main() {
             let mut found = 0;
             for (q, t_hits) in queries.iter().zip(&truth) {
                 let t = Instant::now();
-                let hits = index.search(q, K, ef, &|_| true);
+                let hits = index.search(q, K, ef, &|_| true).unwrap_or_default();
                 times.push(t.elapsed().as_secs_f64() * 1e6);
                 found += t_hits
                     .iter()

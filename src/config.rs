@@ -34,6 +34,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub default_top_k: u32,
     pub max_top_k: u32,
+    /// On SIGTERM / Ctrl-C: how long in-flight requests may take to finish
+    /// before the server stops anyway (it then saves the galleries'
+    /// derived state). Below Kubernetes' default 30 s grace period.
+    pub shutdown_grace_s: u64,
     pub embed: EngineConfig,
     pub index: HnswParams,
     pub post_processing: PostProcessingDefaults,
@@ -106,6 +110,7 @@ impl Default for Config {
             ort_dylib: None,
             log_format: LogFormat::Human,
             max_message_bytes: 32 << 20,
+            shutdown_grace_s: 20,
             default_top_k: 10,
             max_top_k: 1000,
             embed: EngineConfig::default(),

@@ -148,7 +148,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("opening the galleries in {}", cfg.data_dir.display()))?;
 
-    let shutdown = async {
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signalled = stopping.clone();
+    let shutdown = async move {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
@@ -160,12 +162,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
         tracing::info!("shutting down: finishing in-flight requests");
+        signalled.notify_one();
     };
+    let galleries = Arc::new(galleries);
     let (addr, server) =
-        lookalike::api::server::bind(&cfg, Arc::new(engine), Arc::new(galleries), shutdown).await?;
+        lookalike::api::server::bind(&cfg, Arc::new(engine), galleries.clone(), shutdown).await?;
     // Tests and scripts wait for this line to know the port.
     tracing::info!(%addr, "listening");
     println!("listening on {addr}");
-    server.await?;
+    // A client that keeps its connection open must not hold the stop up
+    // past the grace period.
+    let grace = std::time::Duration::from_secs(cfg.shutdown_grace_s);
+    tokio::select! {
+        served = server => served?,
+        _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_s = cfg.shutdown_grace_s, "requests still open after the grace period; stopping anyway");
+        }
+    }
+    // After the last request: the next start reloads instead of recomputing.
+    tokio::task::spawn_blocking(move || galleries.save_all()).await?;
     Ok(())
 }

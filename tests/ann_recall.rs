@@ -33,7 +33,7 @@ fn recall_at_10_on_20k_random_512d_unit_vectors() {
     for _ in 0..queries {
         let q = random_unit(&mut rng, dims);
         let truth = exact::top_k(&q, items.iter().map(|(s, v)| (*s, &v[..])), k);
-        let ann = index.search(&q, k, params.ef_search, &|_| true);
+        let ann = index.search(&q, k, params.ef_search, &|_| true).unwrap();
         found += truth
             .iter()
             .filter(|t| ann.iter().any(|a| a.0 == t.0))
@@ -56,7 +56,7 @@ fn removed_items_are_filtered_and_rebuild_keeps_concurrent_inserts() {
     let index = AnnIndex::new(HnswParams::default(), &items);
     let q = items[3].1.clone();
     // Item 3 "removed": the filter hides it.
-    let hits = index.search(&q, 5, 64, &|s| s != 3);
+    let hits = index.search(&q, 5, 64, &|s| s != 3).unwrap();
     assert!(hits.iter().all(|h| h.0 != 3));
     assert_eq!(hits.len(), 5);
 
@@ -71,5 +71,5 @@ fn removed_items_are_filtered_and_rebuild_keeps_concurrent_inserts() {
         (status.points, status.rebuilding, status.generation),
         (500, false, 1)
     );
-    assert_eq!(index.search(&extra, 1, 64, &|_| true)[0].0, 1000);
+    assert_eq!(index.search(&extra, 1, 64, &|_| true).unwrap()[0].0, 1000);
 }

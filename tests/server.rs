@@ -191,8 +191,20 @@ async fn add_search_remove_and_find_everything_after_restart() {
         }
         v
     };
+    let generation = client
+        .gallery_stats(pb::GalleryStatsRequest {
+            gallery: "groc".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .index
+        .unwrap()
+        .post_processing_generation;
     drop(client);
-    server.kill();
+    server.stop().await;
+    // A graceful stop saves the derived state; the next start loads it.
+    assert!(data.path().join("index/groc/state.bin").exists());
 
     // A new process finds everything again, with the same answers.
     let server = Server::start(data.path(), "");
@@ -207,6 +219,11 @@ async fn add_search_remove_and_find_everything_after_restart() {
     assert_eq!(stats.count, gallery_rows.len() as u64 - 1);
     assert_eq!(stats.execution_provider, "CPUExecutionProvider");
     assert_eq!(stats.model_fingerprint, created.model_fingerprint);
+    assert_eq!(
+        stats.index.unwrap().post_processing_generation,
+        generation,
+        "restored, not recomputed"
+    );
     for ((p, _), old) in query_rows[..4].iter().zip(before) {
         let now = search_image(&mut client, "groc", read_image(p), 5).await;
         let ids = |h: &[pb::Hit]| h.iter().map(|x| x.id.clone()).collect::<Vec<_>>();

@@ -58,6 +58,7 @@ impl RetrievalService {
                 stale_items: s.stale_items,
                 post_processing_generation: s.post_generation,
                 dba: s.dba,
+                graph: s.index.built,
             }),
         }
     }

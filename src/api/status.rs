@@ -29,7 +29,9 @@ impl From<GalleryError> for Status {
             GalleryError::InvalidName { .. }
             | GalleryError::Dims { .. }
             | GalleryError::Degenerate => Code::InvalidArgument,
-            GalleryError::Store(_) => Code::Internal,
+            GalleryError::Store(_) | GalleryError::Post(_) | GalleryError::Persist(_) => {
+                Code::Internal
+            }
         };
         if code == Code::Internal {
             tracing::error!(error = %e, "storage failed");

@@ -232,16 +232,27 @@ pub async fn stats(args: ClientArgs) -> anyhow::Result<()> {
         .into_inner();
     for g in resp.galleries {
         let idx = g.index.unwrap_or_default();
+        let index = if idx.graph {
+            format!("HNSW {} points, {} tombstones", idx.points, idx.tombstones)
+        } else {
+            "exact search".to_string()
+        };
         println!(
-            "{}: {} items, {} dims, model {}, {}, index {} points ({} tombstones{})",
+            "{}: {} items, {} dims, model {}, {}, {index}{}{}",
             g.gallery,
             g.count,
             g.dims,
             g.model_fingerprint,
             g.execution_provider,
-            idx.points,
-            idx.tombstones,
-            if idx.rebuilding { ", rebuilding" } else { "" }
+            if idx.rebuilding {
+                " (graph building)"
+            } else {
+                ""
+            },
+            match idx.stale_items {
+                0 => String::new(),
+                n => format!(", {n} changes pending post-processing refresh"),
+            }
         );
     }
     Ok(())

@@ -2,18 +2,20 @@
 //! their unit descriptors, the ANN index) derived from it.
 //!
 //! Writes go to the store first, in one transaction per call; only after
-//! it commits is the in-memory state changed and the caller answered. The
-//! index is rebuilt from the store at start.
+//! it commits is the in-memory state changed and the caller answered.
 //!
 //! Post-processing state (neighbour lists, DBA vectors) lives in `post`
 //! and is refreshed in the background after writes; `online` runs the
-//! per-request stages.
+//! per-request stages. The derived state (that and the HNSW graph) is
+//! saved at shutdown and reloaded at start where it matches the store
+//! (`persist`), else recomputed from the store.
 
 pub mod online;
+pub mod persist;
 pub mod post;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Weak};
 
@@ -22,6 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::index::{exact, AnnIndex, HnswParams, IndexStatus, Vector};
 use crate::store::{Change, GalleryMeta, ItemRecord, Store, StoreError};
 
+use persist::{PersistError, Saved};
 use post::{PostConfig, Snapshot};
 
 pub type Metadata = BTreeMap<String, String>;
@@ -52,6 +55,10 @@ pub enum GalleryError {
     Degenerate,
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("post-processing state: {0}")]
+    Post(#[from] crate::rerank::RerankError),
+    #[error("saving the derived state: {0}")]
+    Persist(#[from] PersistError),
 }
 
 /// A stored item as searches see it.
@@ -64,6 +71,8 @@ pub struct Entry {
     /// What the index holds: the DBA vector once a refresh has computed
     /// it, the raw descriptor before that or with DBA off.
     pub indexed: Vector,
+    /// The index point holding `indexed` (a new one each time it changes).
+    pub point: u64,
 }
 
 /// One item to add; `vector` must already be unit length.
@@ -81,16 +90,46 @@ pub struct Hit {
     pub metadata: Metadata,
 }
 
-/// Galleries (or filtered candidate sets) up to this size are searched
-/// exactly: measured faster than hnsw_rs's graph walk at 10k items
-/// (BENCHMARKS.md), and exact.
-const EXACT_LIMIT: usize = 20_000;
-
 #[derive(Default)]
 struct State {
     items: BTreeMap<String, Entry>,
     by_seq: HashMap<u64, String>,
+    /// Live index point -> item seq.
+    by_point: HashMap<u64, u64>,
     next_seq: u64,
+    /// Point ids are not persisted: the graph is rebuilt at start.
+    next_point: u64,
+}
+
+impl State {
+    /// Reserves `n` fresh point ids; returns the first.
+    fn reserve_points(&mut self, n: usize) -> u64 {
+        let first = self.next_point;
+        self.next_point += n as u64;
+        first
+    }
+
+    /// Gives `seq`'s item (if still live) the indexed vector `v` under
+    /// the reserved `point`.
+    fn repoint(&mut self, seq: u64, point: u64, v: Vector) {
+        let Some(id) = self.by_seq.get(&seq) else {
+            return;
+        };
+        if let Some(e) = self.items.get_mut(id) {
+            self.by_point.remove(&e.point);
+            e.point = point;
+            e.indexed = v;
+            self.by_point.insert(point, seq);
+        }
+    }
+
+    /// Live (point, indexed vector) pairs: what a graph build takes.
+    fn live_points(&self) -> Vec<(u64, Vector)> {
+        self.items
+            .values()
+            .map(|e| (e.point, e.indexed.clone()))
+            .collect()
+    }
 }
 
 pub struct Gallery {
@@ -137,16 +176,19 @@ pub struct GalleryStats {
 }
 
 impl Gallery {
+    /// Loads the gallery's items from the store. `saved`, the state saved
+    /// at the last shutdown, is used where it matches the store (see
+    /// `persist`); the caller refreshes what it does not cover.
     fn open(
         name: String,
         meta: GalleryMeta,
         store: Arc<Store>,
         params: HnswParams,
         post_cfg: PostConfig,
+        saved: Option<Saved>,
     ) -> Result<Self, GalleryError> {
         let records = store.load_items(&name)?;
         let mut state = State::default();
-        let mut live = Vec::with_capacity(records.len());
         for (id, rec) in records {
             if rec.descriptor.len() != meta.dims as usize {
                 return Err(StoreError::Corrupt(format!(
@@ -158,7 +200,6 @@ impl Gallery {
             let vector: Vector = rec.descriptor.into();
             state.next_seq = state.next_seq.max(rec.seq + 1);
             state.by_seq.insert(rec.seq, id.clone());
-            live.push((rec.seq, vector.clone()));
             state.items.insert(
                 id,
                 Entry {
@@ -166,11 +207,82 @@ impl Gallery {
                     metadata: rec.metadata,
                     indexed: vector.clone(),
                     vector,
+                    point: u64::MAX,
                 },
             );
         }
-        let stale = state.items.len() as u64;
-        let index = Arc::new(AnnIndex::new(params, &live));
+        let saved = saved.filter(|s| {
+            let ok = saved_matches(&s.snapshot, &state);
+            if !ok {
+                tracing::warn!(gallery = %name, "saved state does not match the store; recomputing");
+            }
+            ok
+        });
+        let (snapshot, graph) = match saved {
+            Some(s) => {
+                let snap = s.snapshot;
+                state.next_point = s
+                    .points
+                    .iter()
+                    .filter(|&&p| p != u64::MAX)
+                    .max()
+                    .map_or(0, |m| m + 1);
+                // Live rows take back their point and indexed vector.
+                for (row, (&seq, &point)) in snap.seqs.iter().zip(&s.points).enumerate() {
+                    let Some(id) = state.by_seq.get(&seq).cloned() else {
+                        continue;
+                    };
+                    if let (Some(e), true) = (state.items.get_mut(&id), point != u64::MAX) {
+                        e.point = point;
+                        if let Some(dba) = &snap.dba {
+                            e.indexed = dba.row(row).to_vec().into();
+                        }
+                        state.by_point.insert(point, seq);
+                    }
+                }
+                (Some(Arc::new(snap)), s.graph)
+            }
+            None => (None, None),
+        };
+        // Everything else is new to the index.
+        let mut unindexed = Vec::new();
+        let seqs_without: Vec<u64> = state
+            .items
+            .values()
+            .filter(|e| e.point == u64::MAX)
+            .map(|e| e.seq)
+            .collect();
+        for seq in seqs_without {
+            let point = state.reserve_points(1);
+            if let Some(e) = state
+                .by_seq
+                .get(&seq)
+                .and_then(|id| state.items.get_mut(id))
+            {
+                e.point = point;
+                unindexed.push((point, e.indexed.clone()));
+            }
+            state.by_point.insert(point, seq);
+        }
+        let in_snapshot = snapshot.as_ref().map_or(0, |s| {
+            s.seqs
+                .iter()
+                .filter(|q| state.by_seq.contains_key(q))
+                .count()
+        });
+        let stale = (state.items.len() - in_snapshot
+            + snapshot.as_ref().map_or(0, |s| s.len() - in_snapshot)) as u64;
+        // Without a saved graph, the first refresh (over the DBA vectors)
+        // or `maintain_index` builds one, only past the exact limit.
+        let index = Arc::new(match graph {
+            Some(g) => AnnIndex::with_graph(params, g),
+            None => AnnIndex::empty(params),
+        });
+        if index.has_graph() {
+            for (point, v) in unindexed {
+                index.insert(point, v);
+            }
+        }
         Ok(Self {
             name,
             meta,
@@ -179,11 +291,47 @@ impl Gallery {
             index,
             writer: Mutex::new(()),
             post_cfg,
-            post: RwLock::new(None),
+            post: RwLock::new(snapshot),
             stale: AtomicU64::new(stale),
             refreshing: Mutex::new(()),
             refresh_tx: Mutex::new(None),
         })
+    }
+
+    /// Saves the derived state (after catching up with the writes so far)
+    /// so that the next start does not recompute it. Blocking.
+    pub fn save(&self, dir: &Path) -> Result<(), GalleryError> {
+        if self.stale.load(Ordering::Acquire) > 0 || self.post_snapshot().is_none() {
+            self.refresh_post()?;
+        }
+        let _one = self.refreshing.lock();
+        let _w = self.writer.lock();
+        let Some(snap) = self.post_snapshot() else {
+            return Ok(());
+        };
+        let points: Vec<u64> = {
+            let state = self.state.read();
+            snap.seqs
+                .iter()
+                .map(|seq| {
+                    state
+                        .by_seq
+                        .get(seq)
+                        .and_then(|id| state.items.get(id))
+                        .map_or(u64::MAX, |e| e.point)
+                })
+                .collect()
+        };
+        let graph = self.index.graph();
+        persist::save(
+            dir,
+            &snap,
+            &points,
+            graph.as_deref(),
+            &self.post_cfg,
+            self.index.params(),
+        )?;
+        Ok(())
     }
 
     /// Starts the background refresher (and a refresh if state is stale).
@@ -231,9 +379,10 @@ impl Gallery {
         &self.post_cfg
     }
 
-    /// Recomputes neighbour lists and DBA vectors over the live gallery,
-    /// installs the DBA vectors in the index, and publishes the snapshot.
-    /// Blocking and O(N^2 d); the refresher calls it, tests may too.
+    /// Brings neighbour lists and DBA vectors up to date with the live
+    /// gallery (incrementally from the previous snapshot where it can),
+    /// re-indexes the changed DBA vectors and publishes the snapshot.
+    /// Blocking; the refresher calls it, tests may too.
     pub fn refresh_post(&self) -> Result<(), crate::rerank::RerankError> {
         let _one = self.refreshing.lock();
         let t = std::time::Instant::now();
@@ -245,45 +394,75 @@ impl Gallery {
             .collect();
         let stale_at = self.stale.load(Ordering::Acquire);
         drop(state);
-        let generation = self.post.read().as_ref().map_or(0, |s| s.generation) + 1;
-        let snap = Snapshot::compute(&items, self.dims(), &self.post_cfg, generation)?;
+        let prev = self.post.read().clone();
+        let generation = prev.as_ref().map_or(0, |s| s.generation) + 1;
+        let (snap, changed) = match &prev {
+            Some(p) => p.update(&items, self.dims(), &self.post_cfg, generation)?,
+            None => {
+                let s = Snapshot::compute(&items, self.dims(), &self.post_cfg, generation)?;
+                let all = (0..s.len()).collect();
+                (s, all)
+            }
+        };
         if let Some(dba) = &snap.dba {
-            self.install_indexed(&snap, dba);
+            self.install_indexed(&snap, dba, &changed);
         }
         *self.post.write() = Some(Arc::new(snap));
         self.stale.fetch_sub(stale_at, Ordering::AcqRel);
         tracing::info!(gallery = %self.name, items = items.len(), generation,
-            ms = t.elapsed().as_millis() as u64, "post-processing refreshed");
+            reindexed = changed.len(), ms = t.elapsed().as_millis() as u64,
+            "post-processing refreshed");
         Ok(())
     }
 
-    /// Sets each snapshot item's indexed vector to its DBA vector (items
-    /// replaced since keep theirs) and rebuilds the index from them.
-    fn install_indexed(&self, snap: &Snapshot, dba: &ndarray::Array2<f32>) {
-        let live = loop {
-            let mut state = self.state.write();
-            for (row, &seq) in snap.seqs.iter().enumerate() {
-                let Some(id) = state.by_seq.get(&seq).cloned() else {
-                    continue;
-                };
-                if let Some(e) = state.items.get_mut(&id) {
-                    e.indexed = dba.row(row).to_vec().into();
-                }
-            }
-            let state = parking_lot::RwLockWriteGuard::downgrade(state);
-            // As in `maybe_rebuild`: snapshot right after marking, under
-            // the state lock; wait out a tombstone rebuild in progress.
-            if self.index.begin_rebuild() {
-                break state
+    /// Makes the DBA vectors of `rows` of the snapshot what the index
+    /// holds. Each gets a fresh point: inserted into the graph before the
+    /// state switches to it, so searches see the old or the new vector,
+    /// never neither. When most vectors change the graph is rebuilt
+    /// instead (blocking writers, not searches). Items removed since the
+    /// snapshot are skipped.
+    fn install_indexed(&self, snap: &Snapshot, dba: &ndarray::Array2<f32>, rows: &[usize]) {
+        let _w = self.writer.lock();
+        let updates: Vec<(u64, Vector)> = rows
+            .iter()
+            .map(|&r| (snap.seqs[r], dba.row(r).to_vec().into()))
+            .collect();
+        let first = self.state.write().reserve_points(updates.len());
+        let count = self.len();
+        let want_graph = count > self.index.params().exact_limit;
+        let rebuild = want_graph
+            && (!self.index.has_graph() || updates.len() * 4 > count)
+            && self.index.begin_rebuild();
+        if rebuild {
+            let live: Vec<(u64, Vector)> = {
+                let state = self.state.read();
+                let new: HashMap<u64, usize> =
+                    updates.iter().enumerate().map(|(t, u)| (u.0, t)).collect();
+                state
                     .items
                     .values()
-                    .map(|e| (e.seq, e.indexed.clone()))
-                    .collect::<Vec<_>>();
+                    .map(|e| match new.get(&e.seq) {
+                        Some(&t) => (first + t as u64, updates[t].1.clone()),
+                        None => (e.point, e.indexed.clone()),
+                    })
+                    .collect()
+            };
+            let graph = self.index.build_graph(&live);
+            let mut state = self.state.write();
+            for (t, (seq, v)) in updates.into_iter().enumerate() {
+                state.repoint(seq, first + t as u64, v);
             }
-            drop(state);
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
-        self.index.finish_rebuild(&live);
+            self.index.install_graph(graph);
+        } else {
+            for (t, (_, v)) in updates.iter().enumerate() {
+                self.index.insert(first + t as u64, v.clone());
+            }
+            let mut state = self.state.write();
+            for (t, (seq, v)) in updates.into_iter().enumerate() {
+                state.repoint(seq, first + t as u64, v);
+            }
+        }
+        self.maintain_index();
     }
 
     pub fn name(&self) -> &str {
@@ -345,7 +524,8 @@ impl Gallery {
         let mut state = self.state.write();
         state.next_seq = first_seq + items.len() as u64;
         let n_items = items.len() as u64;
-        for (it, rec) in items.into_iter().zip(records) {
+        let first_point = state.reserve_points(items.len());
+        for ((it, rec), point) in items.into_iter().zip(records).zip(first_point..) {
             let vector: Vector = rec.descriptor.into();
             if let Some(old) = state.items.insert(
                 it.id.clone(),
@@ -354,17 +534,20 @@ impl Gallery {
                     metadata: rec.metadata,
                     vector: vector.clone(),
                     indexed: vector.clone(),
+                    point,
                 },
             ) {
                 state.by_seq.remove(&old.seq);
+                state.by_point.remove(&old.point);
             }
             state.by_seq.insert(rec.seq, it.id);
-            self.index.insert(rec.seq, vector);
+            state.by_point.insert(point, rec.seq);
+            self.index.insert(point, vector);
         }
         self.stale.fetch_add(n_items, Ordering::AcqRel);
         drop(state);
         self.mark_stale();
-        self.maybe_rebuild();
+        self.maintain_index();
         Ok(replaced)
     }
 
@@ -380,6 +563,7 @@ impl Gallery {
                 missing.push(id.clone());
             } else if let Some(old) = state.items.remove(id) {
                 state.by_seq.remove(&old.seq);
+                state.by_point.remove(&old.point);
                 self.stale.fetch_add(1, Ordering::AcqRel);
             }
         }
@@ -387,7 +571,7 @@ impl Gallery {
         if missing.len() < ids.len() {
             self.mark_stale();
         }
-        self.maybe_rebuild();
+        self.maintain_index();
         Ok(missing)
     }
 
@@ -423,23 +607,33 @@ impl Gallery {
         let state = self.state.read();
         let matches = |e: &Entry| p.filter.iter().all(|(k, v)| e.metadata.get(k) == Some(v));
         let wanted = p.k + usize::from(p.exclude.is_some());
-        let raw: Vec<(u64, f32)> = if p.exact || state.items.len() <= EXACT_LIMIT {
+        let use_graph = !p.exact && state.items.len() > self.index.params().exact_limit;
+        let keep = |point: u64| {
+            state
+                .by_point
+                .get(&point)
+                .and_then(|seq| state.by_seq.get(seq))
+                .and_then(|id| state.items.get(id))
+                .is_some_and(&matches)
+        };
+        // Graph hits are points; map them to item seqs.
+        let from_graph = use_graph
+            .then(|| self.index.search(q, wanted, p.ef, &keep))
+            .flatten()
+            .map(|hits| {
+                hits.into_iter()
+                    .filter_map(|(point, d)| Some((*state.by_point.get(&point)?, d)))
+                    .collect::<Vec<_>>()
+            });
+        // Small galleries, exact requests, and a graph still being built.
+        let raw = from_graph.unwrap_or_else(|| {
             let cands = state
                 .items
                 .values()
                 .filter(|e| matches(e))
                 .map(|e| (e.seq, &e.indexed[..]));
             exact::top_k(q, cands, wanted)
-        } else {
-            let keep = |seq: u64| {
-                state
-                    .by_seq
-                    .get(&seq)
-                    .and_then(|id| state.items.get(id))
-                    .is_some_and(|e| e.seq == seq && matches(e))
-            };
-            self.index.search(q, wanted, p.ef, &keep)
-        };
+        });
         raw.into_iter()
             .filter_map(|(seq, distance)| {
                 let id = state.by_seq.get(&seq)?;
@@ -477,14 +671,36 @@ impl Gallery {
         }
     }
 
-    /// Starts a background rebuild once tombstones pass the threshold.
-    fn maybe_rebuild(&self) {
+    fn maintain_index_now(&self) {
+        let _w = self.writer.lock();
+        self.maintain_index();
+    }
+
+    /// Keeps the graph in line with the gallery: builds one in the
+    /// background once the gallery passes the exact limit (searches stay
+    /// exact meanwhile), rebuilds it once tombstones pass the threshold,
+    /// drops it when the gallery shrinks well below the limit. Callers
+    /// hold the writer lock, so no insert slips past the rebuild snapshot.
+    fn maintain_index(&self) {
         let stats = self.stats();
-        let ratio = self.index.params().rebuild_tombstone_ratio;
-        if stats.index.rebuilding
-            || stats.tombstones < 64
-            || (stats.tombstones as f64) < ratio * stats.count as f64
-        {
+        let p = self.index.params();
+        if stats.index.rebuilding {
+            return;
+        }
+        if stats.count <= p.exact_limit {
+            if stats.index.built && stats.count <= p.exact_limit / 2 {
+                self.index.clear();
+            }
+            return;
+        }
+        let worn = stats.tombstones >= 64
+            && (stats.tombstones as f64) >= p.rebuild_tombstone_ratio * stats.count as f64;
+        if stats.index.built && !worn {
+            return;
+        }
+        if !stats.index.built && self.post_cfg.dba {
+            // The next refresh builds it over the DBA vectors (a graph of
+            // the raw vectors would be replaced right away).
             return;
         }
         // Snapshot under the state lock right after marking the rebuild, so
@@ -493,18 +709,14 @@ impl Gallery {
         if !self.index.begin_rebuild() {
             return;
         }
-        let live: Vec<(u64, Vector)> = state
-            .items
-            .values()
-            .map(|e| (e.seq, e.indexed.clone()))
-            .collect();
+        let live = state.live_points();
         drop(state);
         let index = self.index.clone();
         let name = self.name.clone();
         std::thread::spawn(move || {
             let t = std::time::Instant::now();
             index.finish_rebuild(&live);
-            tracing::info!(gallery = %name, points = live.len(), ms = t.elapsed().as_millis() as u64, "index rebuilt");
+            tracing::info!(gallery = %name, points = live.len(), ms = t.elapsed().as_millis() as u64, "index built");
         });
     }
 }
@@ -512,36 +724,57 @@ impl Gallery {
 /// All galleries of one store.
 pub struct Galleries {
     store: Arc<Store>,
+    /// Where each gallery's derived state is saved at shutdown.
+    index_dir: PathBuf,
     params: HnswParams,
     post: PostConfig,
     map: RwLock<BTreeMap<String, Arc<Gallery>>>,
 }
 
 impl Galleries {
-    /// Opens the store and loads every gallery (index rebuilt from the store).
+    /// Opens the store and loads every gallery, with the derived state
+    /// saved at the last shutdown where it matches (`index/` next to the
+    /// store), else recomputed.
     pub fn open(path: &Path, params: HnswParams, post: PostConfig) -> Result<Self, GalleryError> {
         let store = Arc::new(Store::open(path)?);
+        let index_dir = path.parent().unwrap_or(Path::new(".")).join("index");
         let mut map = BTreeMap::new();
         for (name, meta) in store.galleries()? {
             let t = std::time::Instant::now();
+            let dir = index_dir.join(&name);
+            let saved = persist::load(&dir, meta.dims as usize, &post, &params)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(gallery = %name, error = %e, "saved state unusable; recomputing");
+                    None
+                });
             let g = Arc::new(Gallery::open(
                 name.clone(),
                 meta,
                 store.clone(),
                 params.clone(),
                 post.clone(),
+                saved,
             )?);
-            // Recomputed, not persisted: computed before serving, so a
-            // restarted server answers as the batch definition does.
-            if let Err(e) = g.refresh_post() {
-                tracing::warn!(gallery = %name, error = %e, "post-processing state not computed");
+            // Before serving, so a restarted server answers as the batch
+            // definition does; with a matching saved state only the
+            // changes since it are applied.
+            let restored = g.post_snapshot().is_some();
+            if g.stats().stale_items > 0 || !restored {
+                if let Err(e) = g.refresh_post() {
+                    tracing::warn!(gallery = %name, error = %e, "post-processing state not computed");
+                }
             }
+            // Without DBA the refresh indexes nothing: build the graph of
+            // a large gallery from the raw descriptors.
+            g.maintain_index_now();
             g.start_refresher();
-            tracing::info!(gallery = %name, items = g.len(), ms = t.elapsed().as_millis() as u64, "gallery loaded");
+            tracing::info!(gallery = %name, items = g.len(), restored,
+                ms = t.elapsed().as_millis() as u64, "gallery loaded");
             map.insert(name, g);
         }
         Ok(Self {
             store,
+            index_dir,
             params,
             post,
             map: RwLock::new(map),
@@ -578,6 +811,7 @@ impl Galleries {
             self.store.clone(),
             self.params.clone(),
             self.post.clone(),
+            None,
         )?);
         g.start_refresher();
         map.insert(name.to_string(), g.clone());
@@ -594,8 +828,62 @@ impl Galleries {
         let _w = g.writer.lock();
         let n = self.store.drop_gallery(name)?;
         map.remove(name);
+        let dir = self.index_dir.join(name);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "saved state of a dropped gallery left behind");
+            }
+        }
         Ok(n)
     }
+
+    /// Saves every gallery's derived state for the next start (at
+    /// shutdown, after the last request). A failure only costs that
+    /// gallery a recomputation at the next start; it is logged and the
+    /// others are still saved.
+    pub fn save_all(&self) -> usize {
+        let mut saved = 0;
+        for g in self.list() {
+            let t = std::time::Instant::now();
+            match g.save(&self.index_dir.join(g.name())) {
+                Ok(()) => {
+                    saved += 1;
+                    tracing::info!(gallery = %g.name(), items = g.len(),
+                        ms = t.elapsed().as_millis() as u64, "derived state saved");
+                }
+                Err(e) => {
+                    tracing::warn!(gallery = %g.name(), error = %e, "derived state not saved")
+                }
+            }
+        }
+        saved
+    }
+}
+
+/// Whether a saved snapshot belongs to this gallery's store: every row
+/// whose item is still live holds that item's descriptor bit for bit (a
+/// gallery dropped and re-created under the same name reuses seqs).
+fn saved_matches(snap: &Snapshot, state: &State) -> bool {
+    if snap.raw.ncols()
+        != state
+            .items
+            .values()
+            .next()
+            .map_or(snap.raw.ncols(), |e| e.vector.len())
+    {
+        return false;
+    }
+    let mut live = 0;
+    for (row, seq) in snap.seqs.iter().enumerate() {
+        let Some(e) = state.by_seq.get(seq).and_then(|id| state.items.get(id)) else {
+            continue;
+        };
+        if snap.raw.row(row).as_slice() != Some(&e.vector[..]) {
+            return false;
+        }
+        live += 1;
+    }
+    live > 0 || snap.is_empty()
 }
 
 fn validate_gallery_name(name: &str) -> Result<(), GalleryError> {

@@ -2,18 +2,19 @@
 //! nearest gallery neighbours (for online KR) and its DBA vector (what the
 //! ANN index holds when DBA is on).
 //!
-//! Design: recomputed, not persisted. A snapshot is a full batch
-//! recomputation over the live gallery (one f32 GEMM screen with exact f64
-//! re-checks, O(N^2 d), plus an HNSW rebuild over the DBA vectors), so once
-//! a refresh finishes the online state is by construction the batch result
-//! of that gallery. Writes only count how many items changed since the
-//! snapshot ("stale", reported in GalleryStats); a background refresher,
-//! debounced, recomputes, so the lag is one debounce plus one refresh.
-//! Opening a gallery at start-up runs the same refresh before serving:
-//! start-up costs one recomputation per gallery instead of reading N x k
-//! neighbour lists and N DBA vectors from redb (and there is no persisted
-//! state to keep consistent with the items). This suits galleries up to
-//! roughly 10^5 items; beyond that an incremental refresher would be needed.
+//! Design: a snapshot is immutable and equals the batch computation over
+//! the live gallery it was taken of. Writes only count how many items
+//! changed since ("stale", reported in GalleryStats); a debounced
+//! background refresher derives the next snapshot from the previous one
+//! (`Snapshot::update`): only the added items, the items whose neighbour
+//! lists lost a member and the items whose farthest item left are
+//! compared with the whole gallery, O(changes x n x d) instead of the
+//! O(n^2 d) of a full computation, and only the DBA vectors whose
+//! neighbours changed are recomputed (and re-indexed). The lag is one
+//! debounce plus one refresh.
+//!
+//! Not persisted: opening a gallery computes the first snapshot in full
+//! before serving (no persisted state to keep consistent with the items).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -73,17 +74,7 @@ impl Snapshot {
         generation: u64,
     ) -> Result<Self, RerankError> {
         let n = items.len();
-        let mut raw = Array2::<f32>::zeros((n, dims));
-        for (mut row, (_, v)) in raw.rows_mut().into_iter().zip(items) {
-            if v.len() != dims {
-                return Err(RerankError::DimMismatch {
-                    what: "gallery item",
-                    got: v.len(),
-                    expected: dims,
-                });
-            }
-            row.assign(&ndarray::ArrayView1::from(&v[..]));
-        }
+        let raw = stack(items, dims)?;
         let neighbours = if n >= 2 {
             Some(GalleryNeighbours::build(raw.view(), cfg.neighbours_k)?)
         } else {
@@ -112,6 +103,110 @@ impl Snapshot {
         })
     }
 
+    /// The snapshot of `items` (seq, raw unit vector; id order, as
+    /// `compute` takes them) derived from `self`, and the rows whose DBA
+    /// vector is new or changed (all rows when DBA is off or when it
+    /// falls back to a full computation). Equal to `compute(items)`.
+    pub fn update(
+        &self,
+        items: &[(u64, Vector)],
+        dims: usize,
+        cfg: &PostConfig,
+        generation: u64,
+    ) -> Result<(Self, Vec<usize>), RerankError> {
+        let origin: Vec<Option<usize>> = items
+            .iter()
+            .map(|(seq, _)| self.row_of.get(seq).copied())
+            .collect();
+        let kept = origin.iter().flatten().count();
+        let changes = (items.len() - kept) + (self.len() - kept);
+        let (Some(old_nb), true) = (&self.neighbours, changes * 8 <= items.len()) else {
+            let snap = Self::compute(items, dims, cfg, generation)?;
+            let all = (0..snap.len()).collect();
+            return Ok((snap, all));
+        };
+        let raw = stack(items, dims)?;
+        let nb = old_nb.updated(self.raw.view(), raw.view(), &origin, cfg.neighbours_k)?;
+        let (dba, changed) = match (&self.dba, cfg.dba) {
+            (Some(old_dba), true) => {
+                let k = cfg.dba_k.min(nb.k());
+                // A row's DBA vector depends only on its own vector and its
+                // first k neighbours (seqs name vectors: a replaced item
+                // gets a new seq).
+                let seqs_of = |snap_seqs: &[u64], ids: &[u32]| -> Vec<u64> {
+                    ids[..k].iter().map(|&j| snap_seqs[j as usize]).collect()
+                };
+                let new_seqs: Vec<u64> = items.iter().map(|e| e.0).collect();
+                let changed: Vec<usize> = (0..items.len())
+                    .filter(|&i| match origin[i] {
+                        None => true,
+                        Some(o) => {
+                            k != cfg.dba_k.min(old_nb.k())
+                                || seqs_of(&self.seqs, neighbour_row(old_nb, o))
+                                    != seqs_of(&new_seqs, neighbour_row(&nb, i))
+                        }
+                    })
+                    .collect();
+                let ranking: Vec<Vec<usize>> = changed
+                    .iter()
+                    .map(|&i| neighbour_row(&nb, i).iter().map(|&j| j as usize).collect())
+                    .collect();
+                let fresh = query_dba(
+                    raw.select(ndarray::Axis(0), &changed).view(),
+                    raw.view(),
+                    &ranking,
+                    k,
+                    true,
+                )?;
+                let mut dba = Array2::<f32>::zeros(raw.raw_dim());
+                for (i, mut row) in dba.rows_mut().into_iter().enumerate() {
+                    if let Some(o) = origin[i] {
+                        row.assign(&old_dba.row(o));
+                    }
+                }
+                for (t, &i) in changed.iter().enumerate() {
+                    dba.row_mut(i).assign(&fresh.row(t));
+                }
+                (Some(dba), changed)
+            }
+            (_, false) => (None, (0..items.len()).collect()),
+            (None, true) => {
+                let snap = Self::compute(items, dims, cfg, generation)?;
+                let all = (0..snap.len()).collect();
+                return Ok((snap, all));
+            }
+        };
+        Ok((
+            Self {
+                generation,
+                seqs: items.iter().map(|e| e.0).collect(),
+                row_of: items.iter().enumerate().map(|(i, e)| (e.0, i)).collect(),
+                raw,
+                neighbours: Some(nb),
+                dba,
+            },
+            changed,
+        ))
+    }
+
+    /// A snapshot from saved parts (rows in id order, as computed).
+    pub fn from_parts(
+        generation: u64,
+        seqs: Vec<u64>,
+        raw: Array2<f32>,
+        neighbours: Option<GalleryNeighbours>,
+        dba: Option<Array2<f32>>,
+    ) -> Self {
+        Self {
+            generation,
+            row_of: seqs.iter().enumerate().map(|(i, &s)| (s, i)).collect(),
+            seqs,
+            raw,
+            neighbours,
+            dba,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.seqs.len()
     }
@@ -126,6 +221,22 @@ impl Snapshot {
             .as_ref()
             .map_or(&[][..], |nb| neighbour_row(nb, row))
     }
+}
+
+/// The items' vectors as matrix rows.
+fn stack(items: &[(u64, Vector)], dims: usize) -> Result<Array2<f32>, RerankError> {
+    let mut raw = Array2::<f32>::zeros((items.len(), dims));
+    for (mut row, (_, v)) in raw.rows_mut().into_iter().zip(items) {
+        if v.len() != dims {
+            return Err(RerankError::DimMismatch {
+                what: "gallery item",
+                got: v.len(),
+                expected: dims,
+            });
+        }
+        row.assign(&ndarray::ArrayView1::from(&v[..]));
+    }
+    Ok(raw)
 }
 
 fn neighbour_row(nb: &GalleryNeighbours, i: usize) -> &[u32] {

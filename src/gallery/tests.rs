@@ -42,7 +42,11 @@ fn item(i: u64) -> NewItem {
 }
 
 fn open(dir: &Path, cfg: PostConfig) -> Arc<Gallery> {
-    let gs = Galleries::open(&dir.join("db.redb"), HnswParams::default(), cfg).unwrap();
+    open_with(dir, cfg, HnswParams::default())
+}
+
+fn open_with(dir: &Path, cfg: PostConfig, params: HnswParams) -> Arc<Gallery> {
+    let gs = Galleries::open(&dir.join("db.redb"), params, cfg).unwrap();
     let meta = GalleryMeta {
         model_fingerprint: "test".into(),
         dims: DIMS as u32,
@@ -121,8 +125,13 @@ fn after_writes_and_a_refresh_the_state_equals_a_batch_recompute() {
     g.refresh_post().unwrap();
     let s = g.stats();
     assert_eq!((s.stale_items, s.post_generation), (0, 2));
+    assert_state_equals_batch(&g);
+}
 
-    let (ids, raw) = live_matrix(&g);
+/// The snapshot, the indexed vectors and the index answer as a batch
+/// recomputation over the live gallery would.
+fn assert_state_equals_batch(g: &Gallery) {
+    let (ids, raw) = live_matrix(g);
     let snap = g.post_snapshot().unwrap();
     assert_eq!(snap.len(), ids.len());
     let cfg = g.post_config();
@@ -136,13 +145,6 @@ fn after_writes_and_a_refresh_the_state_equals_a_batch_recompute() {
     let batch_dba = gallery_dba(raw.view(), cfg.dba_k, true).unwrap();
     assert_eq!(snap.dba.as_ref().unwrap(), &batch_dba, "DBA vectors");
     // The index holds them; the raw descriptor stays what GetItem returns.
-    for (row, id) in ids.iter().enumerate() {
-        let e = g.get(id).unwrap();
-        assert_eq!(&e.indexed[..], batch_dba.row(row).as_slice().unwrap());
-        assert_eq!(&e.vector[..], raw.row(row).as_slice().unwrap());
-    }
-    // An exact search for an item's DBA vector finds the item first.
-    let e = g.get(&ids[4]).unwrap();
     let p = SearchParams {
         k: 1,
         ef: 64,
@@ -150,7 +152,56 @@ fn after_writes_and_a_refresh_the_state_equals_a_batch_recompute() {
         filter: &Metadata::new(),
         exclude: None,
     };
-    assert_eq!(g.search(&e.indexed, &p)[0].id, ids[4]);
+    for (row, id) in ids.iter().enumerate() {
+        let e = g.get(id).unwrap();
+        assert_eq!(&e.indexed[..], batch_dba.row(row).as_slice().unwrap());
+        assert_eq!(&e.vector[..], raw.row(row).as_slice().unwrap());
+        // A search for an item's DBA vector finds the item first (through
+        // the graph when the gallery has one).
+        assert_eq!(&g.search(&e.indexed, &p)[0].id, id);
+    }
+}
+
+#[test]
+fn small_changes_refresh_incrementally_and_keep_the_graph_current() {
+    let dir = tempfile::tempdir().unwrap();
+    // A low exact limit so that this gallery keeps an HNSW graph, and no
+    // tombstone rebuild racing the checks.
+    let params = HnswParams {
+        exact_limit: 100,
+        rebuild_tombstone_ratio: f64::INFINITY,
+        ..HnswParams::default()
+    };
+    let g = open_with(dir.path(), manual(), params);
+    g.upsert((0..400).map(item).collect()).unwrap();
+    g.refresh_post().unwrap();
+    assert!(g.stats().index.built, "past the exact limit: a graph");
+    assert_eq!(g.stats().tombstones, 0);
+    assert_state_equals_batch(&g);
+
+    // Few changes (under 1/8 of the gallery): derived from the previous
+    // snapshot, not recomputed.
+    g.upsert((400..403).map(item).collect()).unwrap();
+    let removed: Vec<String> = (0..400).step_by(150).map(|i| item(i).id).collect();
+    assert!(g.remove(&removed).unwrap().is_empty());
+    let mut again = item(7);
+    again.vector = item(7777).vector;
+    g.upsert(vec![again]).unwrap();
+    let generation = g.stats().index.generation;
+    g.refresh_post().unwrap();
+    let s = g.stats();
+    assert_eq!((s.stale_items, s.post_generation), (0, 2));
+    assert_eq!(
+        s.index.generation, generation,
+        "changed DBA vectors were inserted, the graph not rebuilt"
+    );
+    // Each change moves the DBA vectors of about k neighbours.
+    assert!(
+        (8..=100).contains(&s.tombstones),
+        "re-indexed DBA vectors leave tombstones: {}",
+        s.tombstones
+    );
+    assert_state_equals_batch(&g);
 }
 
 #[test]
@@ -210,4 +261,103 @@ fn query_expansion_then_kr_ranks_the_shortlist() {
             "k_reciprocal"
         ]
     );
+}
+
+/// A gallery with a graph (low exact limit), no refresher interference.
+fn graph_params() -> HnswParams {
+    HnswParams {
+        exact_limit: 100,
+        rebuild_tombstone_ratio: f64::INFINITY,
+        ..HnswParams::default()
+    }
+}
+
+fn meta() -> GalleryMeta {
+    GalleryMeta {
+        model_fingerprint: "test".into(),
+        dims: DIMS as u32,
+    }
+}
+
+#[test]
+fn a_saved_state_is_restored_and_writes_since_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.redb");
+    {
+        let gs = Galleries::open(&db, graph_params(), manual()).unwrap();
+        let g = gs.create("g", meta()).unwrap();
+        g.upsert((0..300).map(item).collect()).unwrap();
+        assert_eq!(gs.save_all(), 1);
+        assert!(dir.path().join("index/g/state.bin").exists());
+    }
+    // Restored, not recomputed: same generation, same graph.
+    {
+        let gs = Galleries::open(&db, graph_params(), manual()).unwrap();
+        let g = gs.get("g").unwrap();
+        let s = g.stats();
+        assert_eq!((s.stale_items, s.post_generation), (0, 1));
+        assert!(s.index.built, "the saved graph was loaded");
+        assert_eq!(s.index.generation, 0, "loaded, not rebuilt");
+        assert_state_equals_batch(&g);
+        // Writes after the save, then a crash (no second save).
+        g.upsert((300..305).map(item).collect()).unwrap();
+        let removed: Vec<String> = [3u64, 150].iter().map(|&i| item(i).id).collect();
+        assert!(g.remove(&removed).unwrap().is_empty());
+    }
+    // The old save plus the store's changes since: applied at open.
+    let gs = Galleries::open(&db, graph_params(), manual()).unwrap();
+    let g = gs.get("g").unwrap();
+    let s = g.stats();
+    assert_eq!((s.count, s.stale_items, s.post_generation), (303, 0, 2));
+    assert_eq!(
+        s.index.generation, 0,
+        "changes inserted into the loaded graph"
+    );
+    assert_state_equals_batch(&g);
+}
+
+#[test]
+fn a_corrupt_or_foreign_saved_state_is_recomputed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.redb");
+    let state = dir.path().join("index/g/state.bin");
+    {
+        let gs = Galleries::open(&db, graph_params(), manual()).unwrap();
+        let g = gs.create("g", meta()).unwrap();
+        g.upsert((0..200).map(item).collect()).unwrap();
+        gs.save_all();
+    }
+    let mut bytes = std::fs::read(&state).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&state, &bytes).unwrap();
+    let backup = dir.path().join("backup");
+    {
+        let gs = Galleries::open(&db, graph_params(), manual()).unwrap();
+        let g = gs.get("g").unwrap();
+        assert_eq!(g.stats().post_generation, 1, "recomputed from the store");
+        assert_state_equals_batch(&g);
+        gs.save_all();
+        std::fs::create_dir_all(&backup).unwrap();
+        for f in std::fs::read_dir(dir.path().join("index/g")).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, backup.join(f.file_name().unwrap())).unwrap();
+        }
+        // Dropped and re-created under the same name with other vectors
+        // (seqs restart at 0).
+        gs.drop_gallery("g").unwrap();
+        assert!(
+            !state.exists(),
+            "dropping a gallery removes its saved state"
+        );
+        let g = gs.create("g", meta()).unwrap();
+        g.upsert((1000..1200).map(item).collect()).unwrap();
+    }
+    // A save of the old gallery where the new one's would be (as a crash
+    // could leave it): not used.
+    std::fs::rename(&backup, dir.path().join("index/g")).unwrap();
+    let gs = Galleries::open(&db, graph_params(), manual()).unwrap();
+    let g = gs.get("g").unwrap();
+    assert_eq!(g.stats().post_generation, 1, "recomputed from the store");
+    assert_state_equals_batch(&g);
 }

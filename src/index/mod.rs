@@ -1,17 +1,21 @@
 //! Approximate nearest-neighbour index over unit descriptors (hnsw_rs).
 //!
-//! hnsw_rs 0.3 cannot delete: the owner filters removed and replaced
-//! items out at search time (they are "tombstones") and calls
-//! [`AnnIndex::rebuild`] off the request path once they pile up. Inserts
-//! that arrive during a rebuild are replayed into the new graph before it
-//! is swapped in, so nothing is lost and searches never wait for a build.
+//! Points are keyed by a caller-chosen point id, not by item: the owner
+//! gives an item a new point whenever its indexed vector changes (a
+//! replace, or a new DBA vector), because hnsw_rs 0.3 can neither delete
+//! nor update. Dead points ("tombstones") are filtered out at search time
+//! and [`AnnIndex::finish_rebuild`] replaces the graph off the request
+//! path once they pile up. Inserts that arrive during a rebuild are
+//! replayed into the new graph before it is swapped in, so nothing is
+//! lost and searches never wait for a build.
 //!
-//! Not yet done: loading a dump at start (today the graph is rebuilt from
-//! the store). Plan: dump on graceful shutdown with the highest seq it
-//! holds and the gallery's incarnation id; at load, if both match, take the
-//! dump and insert the store's items with a higher seq (seqs only grow, so
-//! anything added or replaced after the dump has one); removals are already
-//! tombstones.
+//! The graph is optional: small galleries are searched exactly (faster
+//! than the graph walk there, see BENCHMARKS.md) and keep none; the owner
+//! builds one through the same rebuild path once it grows past
+//! [`HnswParams::exact_limit`].
+//!
+//! The graph is saved at shutdown and loaded at start together with the
+//! rest of a gallery's derived state (`crate::gallery::persist`).
 
 pub mod distance;
 pub mod exact;
@@ -38,6 +42,9 @@ pub struct HnswParams {
     pub ef_search: usize,
     /// Rebuild once tombstones exceed this fraction of live items.
     pub rebuild_tombstone_ratio: f64,
+    /// Galleries up to this many items are searched exactly and keep no
+    /// graph (brute force was measured faster at 10k, BENCHMARKS.md).
+    pub exact_limit: usize,
 }
 
 impl Default for HnswParams {
@@ -47,18 +54,21 @@ impl Default for HnswParams {
             ef_construction: 200,
             ef_search: 256,
             rebuild_tombstone_ratio: 0.2,
+            exact_limit: 20_000,
         }
     }
 }
 
-type Graph = Hnsw<'static, f32, UnitCosine>;
+/// The hnsw_rs graph over unit vectors.
+pub type Graph = Hnsw<'static, f32, UnitCosine>;
 
 /// A unit descriptor shared between the gallery state and the index.
 pub type Vector = Arc<[f32]>;
 
 pub struct AnnIndex {
     params: HnswParams,
-    graph: RwLock<Arc<Graph>>,
+    /// None until the first build.
+    graph: RwLock<Option<Arc<Graph>>>,
     /// Guards inserts against a concurrent swap; holds the inserts made
     /// while a rebuild is running.
     pending: Mutex<Vec<(u64, Vector)>>,
@@ -69,17 +79,37 @@ pub struct AnnIndex {
 /// What GalleryStats reports about the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexStatus {
+    /// Whether a graph exists (else searches are exact).
+    pub built: bool,
     pub points: usize,
     pub rebuilding: bool,
     pub generation: u64,
 }
 
 impl AnnIndex {
+    /// An index with a graph over `items` (point id, unit vector).
     pub fn new(params: HnswParams, items: &[(u64, Vector)]) -> Self {
         let graph = build(&params, items);
+        Self::with_graph(params, graph)
+    }
+
+    /// An index over a graph built or loaded elsewhere.
+    pub fn with_graph(params: HnswParams, graph: Graph) -> Self {
+        let index = Self::empty(params);
+        *index.graph.write() = Some(Arc::new(graph));
+        index
+    }
+
+    /// The current graph, if any (to save it).
+    pub fn graph(&self) -> Option<Arc<Graph>> {
+        self.graph.read().clone()
+    }
+
+    /// An index without a graph; `begin_rebuild` / `finish_rebuild` make one.
+    pub fn empty(params: HnswParams) -> Self {
         Self {
             params,
-            graph: RwLock::new(Arc::new(graph)),
+            graph: RwLock::new(None),
             pending: Mutex::new(Vec::new()),
             rebuilding: AtomicBool::new(false),
             generation: AtomicU64::new(0),
@@ -90,47 +120,68 @@ impl AnnIndex {
         &self.params
     }
 
-    pub fn insert(&self, seq: u64, v: Vector) {
+    /// Adds a point (to the graph if there is one, and to the rebuild in
+    /// progress if there is one).
+    pub fn insert(&self, point: u64, v: Vector) {
         let mut pending = self.pending.lock();
-        self.graph.read().insert_slice((&v, seq as usize));
+        if let Some(g) = self.graph.read().as_ref() {
+            g.insert_slice((&v, point as usize));
+        }
         if self.rebuilding.load(Ordering::Acquire) {
-            pending.push((seq, v));
+            pending.push((point, v));
         }
     }
 
-    /// The `k` nearest points accepted by `keep`, as (seq, Euclidean
-    /// distance), nearest first.
+    pub fn has_graph(&self) -> bool {
+        self.graph.read().is_some()
+    }
+
+    /// Drops the graph (the gallery shrank below the exact limit).
+    pub fn clear(&self) {
+        let _guard = self.pending.lock();
+        if !self.rebuilding.load(Ordering::Acquire) {
+            *self.graph.write() = None;
+        }
+    }
+
+    /// The `k` nearest points accepted by `keep`, as (point id, Euclidean
+    /// distance), nearest first; None without a graph.
     pub fn search(
         &self,
         q: &[f32],
         k: usize,
         ef: usize,
         keep: &dyn Fn(u64) -> bool,
-    ) -> Vec<(u64, f32)> {
-        let graph = self.graph.read().clone();
+    ) -> Option<Vec<(u64, f32)>> {
+        let graph = self.graph.read().clone()?;
         if k == 0 || graph.get_nb_point() == 0 {
-            return Vec::new();
+            return Some(Vec::new());
         }
         let filter = |id: &usize| keep(*id as u64);
         let found = graph.search_filter(q, k, ef.max(k), Some(&filter as &dyn FilterT));
-        found
-            .into_iter()
-            .map(|n| (n.d_id as u64, euclidean_from_cosine(n.distance)))
-            .collect()
+        Some(
+            found
+                .into_iter()
+                .map(|n| (n.d_id as u64, euclidean_from_cosine(n.distance)))
+                .collect(),
+        )
     }
 
     pub fn status(&self) -> IndexStatus {
+        let graph = self.graph.read();
         IndexStatus {
-            points: self.graph.read().get_nb_point(),
+            built: graph.is_some(),
+            points: graph.as_ref().map_or(0, |g| g.get_nb_point()),
             rebuilding: self.rebuilding.load(Ordering::Acquire),
             generation: self.generation.load(Ordering::Acquire),
         }
     }
 
-    /// Marks a rebuild as started; returns false if one already runs. The
-    /// caller must take its snapshot of live items *after* this returns
-    /// true and while no insert can slip between (under its own lock), so
-    /// that every insert is either in the snapshot or in `pending`.
+    /// Marks a (re)build as started; returns false if one already runs.
+    /// The caller must take its snapshot of live points *after* this
+    /// returns true and while no insert can slip between (under its own
+    /// lock), so that every insert is either in the snapshot or in
+    /// `pending`.
     pub fn begin_rebuild(&self) -> bool {
         let _guard = self.pending.lock();
         !self.rebuilding.swap(true, Ordering::AcqRel)
@@ -139,12 +190,22 @@ impl AnnIndex {
     /// Builds a fresh graph from `live` (slow; call off the request path)
     /// and swaps it in together with the inserts made meanwhile.
     pub fn finish_rebuild(&self, live: &[(u64, Vector)]) {
-        let graph = build(&self.params, live);
+        self.install_graph(self.build_graph(live));
+    }
+
+    /// The graph a rebuild would install (no locks held while it builds).
+    pub fn build_graph(&self, live: &[(u64, Vector)]) -> Graph {
+        build(&self.params, live)
+    }
+
+    /// Second half of `finish_rebuild`: replays the inserts made since
+    /// `begin_rebuild` into `graph` and swaps it in.
+    pub fn install_graph(&self, graph: Graph) {
         let mut pending = self.pending.lock();
-        for (seq, v) in pending.drain(..) {
-            graph.insert_slice((&v, seq as usize));
+        for (point, v) in pending.drain(..) {
+            graph.insert_slice((&v, point as usize));
         }
-        *self.graph.write() = Arc::new(graph);
+        *self.graph.write() = Some(Arc::new(graph));
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.rebuilding.store(false, Ordering::Release);
     }

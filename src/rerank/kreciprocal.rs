@@ -316,6 +316,7 @@ pub fn k_reciprocal(
 }
 
 mod single;
+mod update;
 pub use single::{kr_single, query_max_d2, GalleryNeighbours};
 
 #[cfg(test)]

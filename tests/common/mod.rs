@@ -135,6 +135,25 @@ impl Server {
             .max_decoding_message_size(64 << 20)
     }
 
+    /// Graceful stop (SIGTERM, as Kubernetes sends): waits for the process
+    /// and checks it exited cleanly. Waits off the test's runtime, which
+    /// must keep running to close the test's client connections.
+    pub async fn stop(self) {
+        tokio::task::spawn_blocking(move || self.stop_blocking())
+            .await
+            .unwrap();
+    }
+
+    fn stop_blocking(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "server exited with {exit}");
+    }
+
     pub fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();

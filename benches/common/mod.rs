@@ -1,0 +1,60 @@
+//! Synthetic gallery descriptors shared by the benches: clustered like a
+//! product gallery (groups of ~20 photos of one product around a centre),
+//! not uniform on the sphere, where 512-d vectors have no neighbourhood
+//! structure and say little about real galleries.
+
+#![allow(dead_code)] // each bench uses part of it
+
+use lookalike::index::distance::normalised;
+use rand::Rng;
+
+pub const DIMS: usize = 512;
+
+pub fn random_unit(rng: &mut impl Rng) -> Vec<f32> {
+    let v: Vec<f32> = (0..DIMS).map(|_| rng.random::<f32>() - 0.5).collect();
+    normalised(&v).expect("non-zero")
+}
+
+/// A photo of product `centre`: the centre plus as much noise again.
+pub fn near(rng: &mut impl Rng, centre: &[f32]) -> Vec<f32> {
+    let noise = random_unit(rng);
+    let v: Vec<f32> = centre
+        .iter()
+        .zip(&noise)
+        .map(|(c, n)| c + 0.8 * n)
+        .collect();
+    normalised(&v).expect("non-zero")
+}
+
+/// `n` gallery vectors in groups of 20 and `queries` query vectors near
+/// the same centres.
+pub fn clustered(rng: &mut impl Rng, n: usize, queries: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let centres: Vec<Vec<f32>> = (0..(n / 20).max(1)).map(|_| random_unit(rng)).collect();
+    let items = (0..n)
+        .map(|i| near(rng, &centres[i % centres.len()]))
+        .collect();
+    let qs = (0..queries)
+        .map(|i| near(rng, &centres[(i * 7919) % centres.len()]))
+        .collect();
+    (items, qs)
+}
+
+/// Value at quantile `p` of ascending `sorted`.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Gallery sizes from the command line (`cargo bench --bench X -- N ...`),
+/// 10k and 100k by default. Arguments that are not numbers (cargo passes
+/// `--bench`) are ignored.
+pub fn gallery_sizes() -> Vec<usize> {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    if sizes.is_empty() {
+        vec![10_000, 100_000]
+    } else {
+        sizes
+    }
+}
