@@ -11,7 +11,8 @@ use ndarray::Array2;
 
 use crate::config::DEFAULT_ORT_DYLIB;
 use crate::embed::{Engine, EngineConfig};
-use crate::eval::{metrics::evaluate_indices, npy};
+use crate::eval::metrics::{evaluate_indices, Metrics};
+use crate::eval::{chart, npy};
 use crate::rerank::pipeline::{parse_stages, Pipeline, StageOutput};
 
 #[derive(clap::Args)]
@@ -43,7 +44,7 @@ pub struct EvalArgs {
     /// gallery.npy), written after embedding otherwise.
     #[arg(long)]
     pub descriptors: Option<PathBuf>,
-    /// Folder for metrics.json and top10.csv.
+    /// Folder for metrics.json, top10.csv and scores.png.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -113,6 +114,12 @@ async fn embed_all(
 pub async fn run(a: EvalArgs) -> anyhow::Result<()> {
     let q = read_list(&a.queries)?;
     let g = read_list(&a.gallery)?;
+    // Stage errors before the (slow) embedding.
+    let pipeline = if a.digix {
+        Pipeline::digix()
+    } else {
+        Pipeline::new(parse_stages(&a.stages)?, 10, a.dba_renormalise)?
+    };
     let root_of = |list: &Path| {
         a.root
             .clone()
@@ -155,25 +162,25 @@ pub async fn run(a: EvalArgs) -> anyhow::Result<()> {
             g.paths.len()
         );
     }
-    let pipeline = if a.digix {
-        Pipeline::digix()
-    } else {
-        Pipeline::new(parse_stages(&a.stages)?, 10, a.dba_renormalise)?
-    };
     let outputs = pipeline.run(qd.view(), gd.view())?;
     let mut rows = Vec::new();
+    let mut staged: Vec<(String, Metrics)> = Vec::new();
     println!(
         "{:<32} {:>7} {:>7} {:>7} {:>7}",
         "after stage", "top1", "mAP@10", "P@10", "score"
     );
-    for StageOutput { stage, ranking } in &outputs {
-        let m = evaluate_indices(&q.labels, &g.labels, ranking)?;
-        let name = stage.map_or_else(|| "raw".to_string(), |s| s.to_string());
+    let print = |name: &str, m: &Metrics| {
         println!(
             "{name:<32} {:>7.4} {:>7.4} {:>7.4} {:>7.4}",
             m.top1, m.map10, m.p10, m.score
         );
+    };
+    for StageOutput { stage, ranking } in &outputs {
+        let m = evaluate_indices(&q.labels, &g.labels, ranking)?;
+        let name = stage.map_or_else(|| "raw".to_string(), |s| s.to_string());
+        print(&name, &m);
         rows.push(serde_json::json!({"stage": name, "top1": m.top1, "map10": m.map10, "p10": m.p10, "score": m.score}));
+        staged.push((name, m));
     }
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out)?;
@@ -192,7 +199,11 @@ pub async fn run(a: EvalArgs) -> anyhow::Result<()> {
             csv.push_str(&format!("{},{{{}}}\n", q.paths[qi], top.join(",")));
         }
         std::fs::write(out.join("top10.csv"), csv)?;
-        eprintln!("wrote {}/metrics.json and top10.csv", out.display());
+        chart::draw_scores(&out.join("scores.png"), &staged)?;
+        eprintln!(
+            "wrote {}/metrics.json, top10.csv and scores.png",
+            out.display()
+        );
     }
     Ok(())
 }
