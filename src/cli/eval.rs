@@ -9,11 +9,13 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array2;
 
-use crate::config::DEFAULT_ORT_DYLIB;
+use crate::config::{PostProcessingDefaults, DEFAULT_ORT_DYLIB};
 use crate::embed::{Engine, EngineConfig};
 use crate::eval::metrics::{evaluate_indices, Metrics};
+use crate::eval::online::{OnlineKr, RowMax, Shortlist};
 use crate::eval::{chart, npy};
-use crate::rerank::pipeline::{parse_stages, Pipeline, StageOutput};
+use crate::rerank::kreciprocal::KrParams;
+use crate::rerank::pipeline::{parse_stages, Pipeline, Stage, StageOutput};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -44,6 +46,13 @@ pub struct EvalArgs {
     /// gallery.npy), written after embedding otherwise.
     #[arg(long)]
     pub descriptors: Option<PathBuf>,
+    /// Also score the service's per-request KR emulated per query: an
+    /// exact top-K shortlist (K a number or `all`, comma-separated for
+    /// several), then single-query KR with the row maximum over the
+    /// shortlist (as the service) and over the whole gallery. KR
+    /// parameters: the first kr stage's, else the defaults.
+    #[arg(long, value_delimiter = ',')]
+    pub online_shortlist: Vec<Shortlist>,
     /// Folder for metrics.json, top10.csv and scores.png.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -120,6 +129,11 @@ pub async fn run(a: EvalArgs) -> anyhow::Result<()> {
     } else {
         Pipeline::new(parse_stages(&a.stages)?, 10, a.dba_renormalise)?
     };
+    let online_params = if a.online_shortlist.is_empty() {
+        None
+    } else {
+        Some(online_kr_params(pipeline.stages())?)
+    };
     let root_of = |list: &Path| {
         a.root
             .clone()
@@ -182,6 +196,36 @@ pub async fn run(a: EvalArgs) -> anyhow::Result<()> {
         rows.push(serde_json::json!({"stage": name, "top1": m.top1, "map10": m.map10, "p10": m.p10, "score": m.score}));
         staged.push((name, m));
     }
+    if let Some(params) = online_params {
+        let on = OnlineKr::new(
+            gd.view(),
+            params,
+            PostProcessingDefaults::default().neighbours_k as usize,
+        )?;
+        for &k in &a.online_shortlist {
+            let shortlists = on.shortlists(qd.view(), k)?;
+            for (row_max, suffix, tag) in [
+                (RowMax::Shortlist, "", "shortlist"),
+                (RowMax::Exact, " exact-row-max", "exact"),
+            ] {
+                let t = std::time::Instant::now();
+                let ranking = on.rank(qd.view(), &shortlists, row_max, 10)?;
+                let secs = t.elapsed().as_secs_f64();
+                let m = evaluate_indices(&q.labels, &g.labels, &ranking)?;
+                let name = format!("kr online K={k}{suffix}");
+                print(&name, &m);
+                // Wall time over the rayon pool (RAYON_NUM_THREADS=1 for
+                // one request's latency).
+                eprintln!(
+                    "  ({name}: {:.1} ms wall per query over {} queries)",
+                    1e3 * secs / qd.nrows().max(1) as f64,
+                    qd.nrows()
+                );
+                rows.push(serde_json::json!({"stage": name, "top1": m.top1, "map10": m.map10, "p10": m.p10, "score": m.score,
+                    "online": {"shortlist": k.to_string(), "row_max": tag}}));
+            }
+        }
+    }
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out)?;
         std::fs::write(
@@ -206,4 +250,24 @@ pub async fn run(a: EvalArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// KR parameters for the online rows: the first kr stage's, else the
+/// defaults. The emulation runs on the input descriptors, as the service's
+/// KR does; a stage before that kr changes the descriptors the batch row
+/// ranks, which would make the two incomparable.
+fn online_kr_params(stages: &[Stage]) -> anyhow::Result<KrParams> {
+    let mut before: Option<&Stage> = None;
+    for st in stages {
+        if let Stage::Kr { k1, k2, lambda } = *st {
+            if let Some(other) = before {
+                bail!(
+                    "--online-shortlist runs KR on the input descriptors; the first kr stage must come before {other}"
+                );
+            }
+            return Ok(KrParams { k1, k2, lambda });
+        }
+        before = before.or(Some(st));
+    }
+    Ok(KrParams::default())
 }
