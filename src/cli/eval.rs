@@ -9,10 +9,13 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array2;
 
-use crate::config::DEFAULT_ORT_DYLIB;
+use crate::config::{PostProcessingDefaults, DEFAULT_ORT_DYLIB};
 use crate::embed::{Engine, EngineConfig};
-use crate::eval::{metrics::evaluate_indices, npy};
-use crate::rerank::pipeline::{parse_stages, Pipeline, StageOutput};
+use crate::eval::metrics::{evaluate_indices, Metrics};
+use crate::eval::online::{OnlineKr, RowMax, Shortlist};
+use crate::eval::{chart, npy};
+use crate::rerank::kreciprocal::KrParams;
+use crate::rerank::pipeline::{parse_stages, Pipeline, Stage, StageOutput};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -43,7 +46,14 @@ pub struct EvalArgs {
     /// gallery.npy), written after embedding otherwise.
     #[arg(long)]
     pub descriptors: Option<PathBuf>,
-    /// Folder for metrics.json and top10.csv.
+    /// Also score the service's per-request KR emulated per query: an
+    /// exact top-K shortlist (K a number or `all`, comma-separated for
+    /// several), then single-query KR with the row maximum over the
+    /// shortlist (as the service) and over the whole gallery. KR
+    /// parameters: the first kr stage's, else the defaults.
+    #[arg(long, value_delimiter = ',')]
+    pub online_shortlist: Vec<Shortlist>,
+    /// Folder for metrics.json, top10.csv and scores.png.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -113,6 +123,17 @@ async fn embed_all(
 pub async fn run(a: EvalArgs) -> anyhow::Result<()> {
     let q = read_list(&a.queries)?;
     let g = read_list(&a.gallery)?;
+    // Stage errors before the (slow) embedding.
+    let pipeline = if a.digix {
+        Pipeline::digix()
+    } else {
+        Pipeline::new(parse_stages(&a.stages)?, 10, a.dba_renormalise)?
+    };
+    let online_params = if a.online_shortlist.is_empty() {
+        None
+    } else {
+        Some(online_kr_params(pipeline.stages())?)
+    };
     let root_of = |list: &Path| {
         a.root
             .clone()
@@ -155,25 +176,55 @@ pub async fn run(a: EvalArgs) -> anyhow::Result<()> {
             g.paths.len()
         );
     }
-    let pipeline = if a.digix {
-        Pipeline::digix()
-    } else {
-        Pipeline::new(parse_stages(&a.stages)?, 10, a.dba_renormalise)?
-    };
     let outputs = pipeline.run(qd.view(), gd.view())?;
     let mut rows = Vec::new();
+    let mut staged: Vec<(String, Metrics)> = Vec::new();
     println!(
         "{:<32} {:>7} {:>7} {:>7} {:>7}",
         "after stage", "top1", "mAP@10", "P@10", "score"
     );
-    for StageOutput { stage, ranking } in &outputs {
-        let m = evaluate_indices(&q.labels, &g.labels, ranking)?;
-        let name = stage.map_or_else(|| "raw".to_string(), |s| s.to_string());
+    let print = |name: &str, m: &Metrics| {
         println!(
             "{name:<32} {:>7.4} {:>7.4} {:>7.4} {:>7.4}",
             m.top1, m.map10, m.p10, m.score
         );
+    };
+    for StageOutput { stage, ranking } in &outputs {
+        let m = evaluate_indices(&q.labels, &g.labels, ranking)?;
+        let name = stage.map_or_else(|| "raw".to_string(), |s| s.to_string());
+        print(&name, &m);
         rows.push(serde_json::json!({"stage": name, "top1": m.top1, "map10": m.map10, "p10": m.p10, "score": m.score}));
+        staged.push((name, m));
+    }
+    if let Some(params) = online_params {
+        let on = OnlineKr::new(
+            gd.view(),
+            params,
+            PostProcessingDefaults::default().neighbours_k as usize,
+        )?;
+        for &k in &a.online_shortlist {
+            let shortlists = on.shortlists(qd.view(), k)?;
+            for (row_max, suffix, tag) in [
+                (RowMax::Shortlist, "", "shortlist"),
+                (RowMax::Exact, " exact-row-max", "exact"),
+            ] {
+                let t = std::time::Instant::now();
+                let ranking = on.rank(qd.view(), &shortlists, row_max, 10)?;
+                let secs = t.elapsed().as_secs_f64();
+                let m = evaluate_indices(&q.labels, &g.labels, &ranking)?;
+                let name = format!("kr online K={k}{suffix}");
+                print(&name, &m);
+                // Wall time over the rayon pool (RAYON_NUM_THREADS=1 for
+                // one request's latency).
+                eprintln!(
+                    "  ({name}: {:.1} ms wall per query over {} queries)",
+                    1e3 * secs / qd.nrows().max(1) as f64,
+                    qd.nrows()
+                );
+                rows.push(serde_json::json!({"stage": name, "top1": m.top1, "map10": m.map10, "p10": m.p10, "score": m.score,
+                    "online": {"shortlist": k.to_string(), "row_max": tag}}));
+            }
+        }
     }
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out)?;
@@ -192,7 +243,31 @@ pub async fn run(a: EvalArgs) -> anyhow::Result<()> {
             csv.push_str(&format!("{},{{{}}}\n", q.paths[qi], top.join(",")));
         }
         std::fs::write(out.join("top10.csv"), csv)?;
-        eprintln!("wrote {}/metrics.json and top10.csv", out.display());
+        chart::draw_scores(&out.join("scores.png"), &staged)?;
+        eprintln!(
+            "wrote {}/metrics.json, top10.csv and scores.png",
+            out.display()
+        );
     }
     Ok(())
+}
+
+/// KR parameters for the online rows: the first kr stage's, else the
+/// defaults. The emulation runs on the input descriptors, as the service's
+/// KR does; a stage before that kr changes the descriptors the batch row
+/// ranks, which would make the two incomparable.
+fn online_kr_params(stages: &[Stage]) -> anyhow::Result<KrParams> {
+    let mut before: Option<&Stage> = None;
+    for st in stages {
+        if let Stage::Kr { k1, k2, lambda } = *st {
+            if let Some(other) = before {
+                bail!(
+                    "--online-shortlist runs KR on the input descriptors; the first kr stage must come before {other}"
+                );
+            }
+            return Ok(KrParams { k1, k2, lambda });
+        }
+        before = before.or(Some(st));
+    }
+    Ok(KrParams::default())
 }
