@@ -73,3 +73,32 @@ fn removed_items_are_filtered_and_rebuild_keeps_concurrent_inserts() {
     );
     assert_eq!(index.search(&extra, 1, 64, &|_| true).unwrap()[0].0, 1000);
 }
+
+#[test]
+fn filtered_search_widens_then_gives_up_to_exact_search() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let items: Vec<(u64, Vector)> = (0..3000)
+        .map(|i| (i, Arc::from(random_unit(&mut rng, 32))))
+        .collect();
+    let index = AnnIndex::new(HnswParams::default(), &items);
+    let mut found = 0;
+    for _ in 0..20 {
+        let q = random_unit(&mut rng, 32);
+        // One point in ten passes: the search must widen to find 10.
+        let keep = |s: u64| s % 10 == 0;
+        let hits = index.search(&q, 10, 128, &keep).unwrap();
+        assert_eq!(hits.len(), 10);
+        assert!(hits.iter().all(|h| keep(h.0)));
+        assert!(hits.windows(2).all(|w| w[0].1 <= w[1].1), "nearest first");
+        let kept = items.iter().filter(|(s, _)| keep(*s));
+        let truth = exact::top_k(&q, kept.map(|(s, v)| (*s, &v[..])), 10);
+        found += truth
+            .iter()
+            .filter(|t| hits.iter().any(|h| h.0 == t.0))
+            .count();
+    }
+    assert!(found >= 190, "recall@10 under the filter: {found}/200");
+    // Two points in 3000 pass: not worth the graph; the caller goes exact.
+    let q = random_unit(&mut rng, 32);
+    assert!(index.search(&q, 10, 128, &|s| s == 5 || s == 7).is_none());
+}
