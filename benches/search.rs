@@ -1,6 +1,6 @@
 //! Search latency, exact vs ANN, on synthetic unit descriptors.
 //!
-//!     cargo bench --bench search -- [N ...]      (default: 10000 100000)
+//!     cargo bench --bench search -- [N ...] [uniform]   (default: 10000 100000)
 //!
 //! Prints build time, recall@10 against brute force, and p50/p99 latency
 //! per query for exact search and for HNSW at several ef values.
@@ -16,7 +16,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{clustered, gallery_sizes, percentile, DIMS};
+use common::{clustered, gallery_sizes, percentile, random_unit, DIMS};
 use lookalike::index::{exact, AnnIndex, HnswParams, Vector};
 use rand::SeedableRng;
 
@@ -30,9 +30,17 @@ fn main() {
         "dims {DIMS}, k {K}, {QUERIES} queries, m {}, ef_construction {}",
         params.m, params.ef_construction
     );
+    // `uniform`: directions with no neighbourhood structure, the hard
+    // recall case of tests/ann_recall.rs, instead of clustered ones.
+    let uniform = std::env::args().any(|a| a == "uniform");
     for n in sizes {
         let mut rng = rand::rngs::StdRng::seed_from_u64(n as u64);
-        let (vectors, queries) = clustered(&mut rng, n, QUERIES);
+        let (vectors, queries) = if uniform {
+            let mut draw = |m: usize| (0..m).map(|_| random_unit(&mut rng)).collect::<Vec<_>>();
+            (draw(n), draw(QUERIES))
+        } else {
+            clustered(&mut rng, n, QUERIES)
+        };
         let items: Vec<(u64, Vector)> = vectors
             .into_iter()
             .enumerate()
@@ -55,7 +63,7 @@ fn main() {
             percentile(&times, 0.5),
             percentile(&times, 0.99)
         );
-        for ef in [64, 128, 256, 512] {
+        for ef in [64, 128, 256, 512, 1024, 2048] {
             let mut times = Vec::new();
             let mut found = 0;
             for (q, t_hits) in queries.iter().zip(&truth) {

@@ -85,7 +85,7 @@ fn filtered_search_widens_then_gives_up_to_exact_search() {
     for _ in 0..20 {
         let q = random_unit(&mut rng, 32);
         // One point in ten passes: the search must widen to find 10.
-        let keep = |s: u64| s % 10 == 0;
+        let keep = |s: u64| s.is_multiple_of(10);
         let hits = index.search(&q, 10, 128, &keep).unwrap();
         assert_eq!(hits.len(), 10);
         assert!(hits.iter().all(|h| keep(h.0)));

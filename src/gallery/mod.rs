@@ -454,9 +454,12 @@ impl Gallery {
             }
             self.index.install_graph(graph);
         } else {
-            for (t, (_, v)) in updates.iter().enumerate() {
-                self.index.insert(first + t as u64, v.clone());
-            }
+            let points: Vec<(u64, Vector)> = updates
+                .iter()
+                .enumerate()
+                .map(|(t, (_, v))| (first + t as u64, v.clone()))
+                .collect();
+            self.index.insert_many(&points);
             let mut state = self.state.write();
             for (t, (seq, v)) in updates.into_iter().enumerate() {
                 state.repoint(seq, first + t as u64, v);

@@ -29,9 +29,11 @@ use serde::{Deserialize, Serialize};
 
 use distance::{euclidean_from_cosine, UnitCosine};
 
-/// HNSW parameters. The defaults give recall@10 >= 0.98 on 20k random
-/// 512-d unit vectors (see `tests/ann_recall.rs`), a harder case than
-/// real descriptors, which cluster.
+/// HNSW parameters. The defaults give recall@10 >= 0.98 on 20k uniformly
+/// random 512-d unit vectors (`tests/ann_recall.rs`; 0.997 measured), the
+/// worst case. Real descriptors cluster and reach that recall with a far
+/// smaller ef (64 on the clustered benchmark, 15x faster at 100k): lower
+/// `ef_search` after measuring recall on your own gallery (BENCHMARKS.md).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HnswParams {
@@ -43,7 +45,8 @@ pub struct HnswParams {
     /// Rebuild once tombstones exceed this fraction of live items.
     pub rebuild_tombstone_ratio: f64,
     /// Galleries up to this many items are searched exactly and keep no
-    /// graph (brute force was measured faster at 10k, BENCHMARKS.md).
+    /// graph: at the default ef a graph walk is slower than brute force
+    /// up to about this size (BENCHMARKS.md). Lower it with `ef_search`.
     pub exact_limit: usize,
 }
 
@@ -52,9 +55,9 @@ impl Default for HnswParams {
         Self {
             m: 24,
             ef_construction: 200,
-            ef_search: 256,
+            ef_search: 1024,
             rebuild_tombstone_ratio: 0.2,
-            exact_limit: 20_000,
+            exact_limit: 200_000,
         }
     }
 }
@@ -133,6 +136,20 @@ impl AnnIndex {
         }
         if self.rebuilding.load(Ordering::Acquire) {
             pending.push((point, v));
+        }
+    }
+
+    /// `insert` for many points, in parallel (an insert into a large graph
+    /// costs milliseconds: a refresh re-indexes hundreds of DBA vectors).
+    pub fn insert_many(&self, points: &[(u64, Vector)]) {
+        let mut pending = self.pending.lock();
+        if let Some(g) = self.graph.read().as_ref() {
+            let data: Vec<(&[f32], usize)> =
+                points.iter().map(|(p, v)| (&v[..], *p as usize)).collect();
+            g.parallel_insert_slice(&data);
+        }
+        if self.rebuilding.load(Ordering::Acquire) {
+            pending.extend(points.iter().cloned());
         }
     }
 

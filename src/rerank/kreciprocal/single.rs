@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::{final_dist, nbrs, norm_d, qe_row, v_row, Graph, KrParams, NeighbourList, SparseRow};
 use crate::rerank::knn::{
-    check_finite, check_pair, d2_pair, dot64, screen_self, top_k_of, top_k_sorted, Points,
+    check_finite, d2_pair, dot64, screen_self, top_k_of, top_k_sorted, Points,
 };
 use crate::rerank::RerankError;
 
@@ -243,8 +243,20 @@ pub fn kr_single(
 ) -> Result<Vec<(usize, f64)>, RerankError> {
     params.validate()?;
     crate::rerank::check_k("kr", "top_n", top_n)?;
-    let q2 = query.to_owned().insert_axis(Axis(0));
-    check_pair(q2.view(), gallery)?;
+    // Only the query is checked for finiteness: the gallery is the one
+    // `nb` was built from (checked there), and scanning it here would cost
+    // O(N d) per request.
+    if gallery.nrows() == 0 {
+        return Err(RerankError::Empty { what: "gallery" });
+    }
+    if gallery.ncols() != query.len() {
+        return Err(RerankError::DimMismatch {
+            what: "gallery",
+            got: gallery.ncols(),
+            expected: query.len(),
+        });
+    }
+    check_finite(query.insert_axis(Axis(0)), "queries")?;
     let ng = gallery.nrows();
     if nb.len() != ng {
         return Err(RerankError::DimMismatch {
