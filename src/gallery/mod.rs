@@ -221,12 +221,13 @@ impl Gallery {
         let (snapshot, graph) = match saved {
             Some(s) => {
                 let snap = s.snapshot;
-                state.next_point = s
+                let above_live = s
                     .points
                     .iter()
                     .filter(|&&p| p != u64::MAX)
                     .max()
                     .map_or(0, |m| m + 1);
+                state.next_point = s.next_point.max(above_live);
                 // Live rows take back their point and indexed vector.
                 for (row, (&seq, &point)) in snap.seqs.iter().zip(&s.points).enumerate() {
                     let Some(id) = state.by_seq.get(&seq).cloned() else {
@@ -309,9 +310,10 @@ impl Gallery {
         let Some(snap) = self.post_snapshot() else {
             return Ok(());
         };
-        let points: Vec<u64> = {
+        let (points, next_point): (Vec<u64>, u64) = {
             let state = self.state.read();
-            snap.seqs
+            let points = snap
+                .seqs
                 .iter()
                 .map(|seq| {
                     state
@@ -320,13 +322,15 @@ impl Gallery {
                         .and_then(|id| state.items.get(id))
                         .map_or(u64::MAX, |e| e.point)
                 })
-                .collect()
+                .collect();
+            (points, state.next_point)
         };
         let graph = self.index.graph();
         persist::save(
             dir,
             &snap,
             &points,
+            next_point,
             graph.as_deref(),
             &self.post_cfg,
             self.index.params(),

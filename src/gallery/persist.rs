@@ -71,6 +71,9 @@ pub struct Saved {
     pub snapshot: Snapshot,
     /// Row -> index point of that row's indexed vector.
     pub points: Vec<u64>,
+    /// The first point id never issued: the graph may hold dead points
+    /// above every live one, and a reused id would revive one.
+    pub next_point: u64,
     pub graph: Option<Graph>,
 }
 
@@ -117,6 +120,7 @@ pub fn save(
     dir: &Path,
     snap: &Snapshot,
     points: &[u64],
+    next_point: u64,
     graph: Option<&Graph>,
     post: &PostConfig,
     index: &HnswParams,
@@ -127,7 +131,16 @@ pub fn save(
     }
     std::fs::create_dir_all(&partial).map_err(io_err(&partial))?;
     let path = partial.join(STATE_FILE);
-    write_state(&path, snap, points, graph.is_some(), post, index).map_err(io_err(&path))?;
+    write_state(
+        &path,
+        snap,
+        points,
+        next_point,
+        graph.is_some(),
+        post,
+        index,
+    )
+    .map_err(io_err(&path))?;
     if let Some(g) = graph {
         use hnsw_rs::api::AnnT;
         g.file_dump(&partial, GRAPH_BASENAME)
@@ -153,6 +166,7 @@ fn write_state(
     path: &Path,
     snap: &Snapshot,
     points: &[u64],
+    next_point: u64,
     has_graph: bool,
     post: &PostConfig,
     index: &HnswParams,
@@ -182,6 +196,7 @@ fn write_state(
             snap.generation,
             flags,
             k,
+            next_point,
         ],
     )?;
     put_u64s(&mut w, snap.seqs.iter().copied())?;
@@ -274,7 +289,7 @@ pub fn load(
     }
     let mut c = Cursor { buf: &body[12..] };
     let parsed = parse(&mut c, dims, post, index).ok_or_else(|| invalid("malformed"))?;
-    let Some((snapshot, points, has_graph)) = parsed else {
+    let Some((snapshot, points, next_point, has_graph)) = parsed else {
         tracing::info!(path = %path.display(), "saved state is for other settings; recomputing");
         return Ok(None);
     };
@@ -292,15 +307,16 @@ pub fn load(
     Ok(Some(Saved {
         snapshot,
         points,
+        next_point,
         graph,
     }))
 }
 
-type Parsed = Option<(Snapshot, Vec<u64>, bool)>;
+type Parsed = Option<(Snapshot, Vec<u64>, u64, bool)>;
 
 /// None: malformed; Some(None): other settings.
 fn parse(c: &mut Cursor, dims: usize, post: &PostConfig, index: &HnswParams) -> Option<Parsed> {
-    let h = c.u64s(10)?;
+    let h = c.u64s(11)?;
     let saved = Settings {
         dims: h[0],
         dba: h[1] != 0,
@@ -338,7 +354,7 @@ fn parse(c: &mut Cursor, dims: usize, post: &PostConfig, index: &HnswParams) -> 
         return None;
     }
     let snapshot = Snapshot::from_parts(generation, seqs, raw, neighbours, dba);
-    Some(Some((snapshot, points, flags & 4 != 0)))
+    Some(Some((snapshot, points, h[10], flags & 4 != 0)))
 }
 
 /// hnsw_rs ties a loaded graph's lifetime to its loader; without mmap the

@@ -151,13 +151,19 @@ impl Snapshot {
                     .iter()
                     .map(|&i| neighbour_row(&nb, i).iter().map(|&j| j as usize).collect())
                     .collect();
-                let fresh = query_dba(
-                    raw.select(ndarray::Axis(0), &changed).view(),
-                    raw.view(),
-                    &ranking,
-                    k,
-                    true,
-                )?;
+                // Nothing changed (say, an item added and removed again
+                // between refreshes): no DBA vector to recompute.
+                let fresh = if changed.is_empty() {
+                    Array2::<f32>::zeros((0, dims))
+                } else {
+                    query_dba(
+                        raw.select(ndarray::Axis(0), &changed).view(),
+                        raw.view(),
+                        &ranking,
+                        k,
+                        true,
+                    )?
+                };
                 let mut dba = Array2::<f32>::zeros(raw.raw_dim());
                 for (i, mut row) in dba.rows_mut().into_iter().enumerate() {
                     if let Some(o) = origin[i] {

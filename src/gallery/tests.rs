@@ -283,20 +283,29 @@ fn meta() -> GalleryMeta {
 fn a_saved_state_is_restored_and_writes_since_are_applied() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db.redb");
-    {
+    let next_point = {
         let gs = Galleries::open(&db, graph_params(), manual()).unwrap();
         let g = gs.create("g", meta()).unwrap();
         g.upsert((0..300).map(item).collect()).unwrap();
+        g.refresh_post().unwrap();
+        // A dead point in the graph above every live one (an item added
+        // and removed again): a restored gallery must not reissue its id.
+        g.upsert(vec![item(5000)]).unwrap();
+        g.remove(&[item(5000).id]).unwrap();
         assert_eq!(gs.save_all(), 1);
         assert!(dir.path().join("index/g/state.bin").exists());
-    }
+        let next = g.state.read().next_point;
+        next
+    };
     // Restored, not recomputed: same generation, same graph.
     {
         let gs = Galleries::open(&db, graph_params(), manual()).unwrap();
         let g = gs.get("g").unwrap();
+        assert_eq!(g.state.read().next_point, next_point);
         let s = g.stats();
-        assert_eq!((s.stale_items, s.post_generation), (0, 1));
+        assert_eq!((s.stale_items, s.post_generation), (0, 2));
         assert!(s.index.built, "the saved graph was loaded");
+        assert_eq!(s.tombstones, 1);
         assert_eq!(s.index.generation, 0, "loaded, not rebuilt");
         assert_state_equals_batch(&g);
         // Writes after the save, then a crash (no second save).
@@ -308,7 +317,7 @@ fn a_saved_state_is_restored_and_writes_since_are_applied() {
     let gs = Galleries::open(&db, graph_params(), manual()).unwrap();
     let g = gs.get("g").unwrap();
     let s = g.stats();
-    assert_eq!((s.count, s.stale_items, s.post_generation), (303, 0, 2));
+    assert_eq!((s.count, s.stale_items, s.post_generation), (303, 0, 3));
     assert_eq!(
         s.index.generation, 0,
         "changes inserted into the loaded graph"
