@@ -705,9 +705,9 @@ impl Gallery {
         if stats.index.built && !worn {
             return;
         }
-        if !stats.index.built && self.post_cfg.dba {
-            // The next refresh builds it over the DBA vectors (a graph of
-            // the raw vectors would be replaced right away).
+        if !stats.index.built && self.post_cfg.dba && stats.stale_items > 0 {
+            // The pending refresh builds it over the DBA vectors (a graph
+            // of the raw vectors would be replaced right away).
             return;
         }
         // Snapshot under the state lock right after marking the rebuild, so
