@@ -247,23 +247,17 @@ impl Gallery {
         };
         // Everything else is new to the index.
         let mut unindexed = Vec::new();
-        let seqs_without: Vec<u64> = state
-            .items
-            .values()
-            .filter(|e| e.point == u64::MAX)
-            .map(|e| e.seq)
-            .collect();
-        for seq in seqs_without {
-            let point = state.reserve_points(1);
-            if let Some(e) = state
-                .by_seq
-                .get(&seq)
-                .and_then(|id| state.items.get_mut(id))
-            {
-                e.point = point;
-                unindexed.push((point, e.indexed.clone()));
-            }
-            state.by_point.insert(point, seq);
+        let State {
+            items,
+            by_point,
+            next_point,
+            ..
+        } = &mut state;
+        for e in items.values_mut().filter(|e| e.point == u64::MAX) {
+            e.point = *next_point;
+            *next_point += 1;
+            by_point.insert(e.point, e.seq);
+            unindexed.push((e.point, e.indexed.clone()));
         }
         let in_snapshot = snapshot.as_ref().map_or(0, |s| {
             s.seqs
@@ -279,11 +273,7 @@ impl Gallery {
             Some(g) => AnnIndex::with_graph(params, g),
             None => AnnIndex::empty(params),
         });
-        if index.has_graph() {
-            for (point, v) in unindexed {
-                index.insert(point, v);
-            }
-        }
+        index.insert_many(&unindexed);
         Ok(Self {
             name,
             meta,
@@ -302,9 +292,7 @@ impl Gallery {
     /// Saves the derived state (after catching up with the writes so far)
     /// so that the next start does not recompute it. Blocking.
     pub fn save(&self, dir: &Path) -> Result<(), GalleryError> {
-        if self.stale.load(Ordering::Acquire) > 0 || self.post_snapshot().is_none() {
-            self.refresh_post()?;
-        }
+        self.refresh_if_stale()?;
         let _one = self.refreshing.lock();
         let _w = self.writer.lock();
         let Some(snap) = self.post_snapshot() else {
@@ -402,11 +390,7 @@ impl Gallery {
         let generation = prev.as_ref().map_or(0, |s| s.generation) + 1;
         let (snap, changed) = match &prev {
             Some(p) => p.update(&items, self.dims(), &self.post_cfg, generation)?,
-            None => {
-                let s = Snapshot::compute(&items, self.dims(), &self.post_cfg, generation)?;
-                let all = (0..s.len()).collect();
-                (s, all)
-            }
+            None => Snapshot::compute_all(&items, self.dims(), &self.post_cfg, generation)?,
         };
         if let Some(dba) = &snap.dba {
             self.install_indexed(&snap, dba, &changed);
@@ -417,6 +401,14 @@ impl Gallery {
             reindexed = changed.len(), ms = t.elapsed().as_millis() as u64,
             "post-processing refreshed");
         Ok(())
+    }
+
+    /// `refresh_post` unless the snapshot is current; whether it ran.
+    fn refresh_if_stale(&self) -> Result<bool, crate::rerank::RerankError> {
+        if self.stale.load(Ordering::Acquire) == 0 && self.post_snapshot().is_some() {
+            return Ok(false);
+        }
+        self.refresh_post().map(|()| true)
     }
 
     /// Makes the DBA vectors of `rows` of the snapshot what the index
@@ -532,6 +524,7 @@ impl Gallery {
         state.next_seq = first_seq + items.len() as u64;
         let n_items = items.len() as u64;
         let first_point = state.reserve_points(items.len());
+        let mut new_points = Vec::with_capacity(items.len());
         for ((it, rec), point) in items.into_iter().zip(records).zip(first_point..) {
             let vector: Vector = rec.descriptor.into();
             if let Some(old) = state.items.insert(
@@ -549,8 +542,9 @@ impl Gallery {
             }
             state.by_seq.insert(rec.seq, it.id);
             state.by_point.insert(point, rec.seq);
-            self.index.insert(point, vector);
+            new_points.push((point, vector));
         }
+        self.index.insert_many(&new_points);
         self.stale.fetch_add(n_items, Ordering::AcqRel);
         drop(state);
         self.mark_stale();
@@ -766,10 +760,8 @@ impl Galleries {
             // definition does; with a matching saved state only the
             // changes since it are applied.
             let restored = g.post_snapshot().is_some();
-            if g.stats().stale_items > 0 || !restored {
-                if let Err(e) = g.refresh_post() {
-                    tracing::warn!(gallery = %name, error = %e, "post-processing state not computed");
-                }
+            if let Err(e) = g.refresh_if_stale() {
+                tracing::warn!(gallery = %name, error = %e, "post-processing state not computed");
             }
             // Without DBA the refresh indexes nothing: build the graph of
             // a large gallery from the raw descriptors.
@@ -871,15 +863,6 @@ impl Galleries {
 /// whose item is still live holds that item's descriptor bit for bit (a
 /// gallery dropped and re-created under the same name reuses seqs).
 fn saved_matches(snap: &Snapshot, state: &State) -> bool {
-    if snap.raw.ncols()
-        != state
-            .items
-            .values()
-            .next()
-            .map_or(snap.raw.ncols(), |e| e.vector.len())
-    {
-        return false;
-    }
     let mut live = 0;
     for (row, seq) in snap.seqs.iter().enumerate() {
         let Some(e) = state.by_seq.get(seq).and_then(|id| state.items.get(id)) else {

@@ -103,6 +103,18 @@ impl Snapshot {
         })
     }
 
+    /// `compute`, with every row reported changed (as `update` reports).
+    pub fn compute_all(
+        items: &[(u64, Vector)],
+        dims: usize,
+        cfg: &PostConfig,
+        generation: u64,
+    ) -> Result<(Self, Vec<usize>), RerankError> {
+        let snap = Self::compute(items, dims, cfg, generation)?;
+        let all = (0..snap.len()).collect();
+        Ok((snap, all))
+    }
+
     /// The snapshot of `items` (seq, raw unit vector; id order, as
     /// `compute` takes them) derived from `self`, and the rows whose DBA
     /// vector is new or changed (all rows when DBA is off or when it
@@ -121,9 +133,7 @@ impl Snapshot {
         let kept = origin.iter().flatten().count();
         let changes = (items.len() - kept) + (self.len() - kept);
         let (Some(old_nb), true) = (&self.neighbours, changes * 8 <= items.len()) else {
-            let snap = Self::compute(items, dims, cfg, generation)?;
-            let all = (0..snap.len()).collect();
-            return Ok((snap, all));
+            return Self::compute_all(items, dims, cfg, generation);
         };
         let raw = stack(items, dims)?;
         let nb = old_nb.updated(self.raw.view(), raw.view(), &origin, cfg.neighbours_k)?;
@@ -177,9 +187,7 @@ impl Snapshot {
             }
             (_, false) => (None, (0..items.len()).collect()),
             (None, true) => {
-                let snap = Self::compute(items, dims, cfg, generation)?;
-                let all = (0..snap.len()).collect();
-                return Ok((snap, all));
+                return Self::compute_all(items, dims, cfg, generation);
             }
         };
         Ok((

@@ -130,13 +130,7 @@ impl AnnIndex {
     /// Adds a point (to the graph if there is one, and to the rebuild in
     /// progress if there is one).
     pub fn insert(&self, point: u64, v: Vector) {
-        let mut pending = self.pending.lock();
-        if let Some(g) = self.graph.read().as_ref() {
-            g.insert_slice((&v, point as usize));
-        }
-        if self.rebuilding.load(Ordering::Acquire) {
-            pending.push((point, v));
-        }
+        self.insert_many(&[(point, v)]);
     }
 
     /// `insert` for many points, in parallel (an insert into a large graph
