@@ -31,6 +31,9 @@ enum Command {
     Add(cli::AddArgs),
     /// Search a gallery with an image.
     Search(cli::SearchArgs),
+    /// Search a gallery with a list of images in one batch (post-processed
+    /// together, as `eval` does); prints `query,{g1,...,gk}` lines.
+    SearchBatch(cli::search_batch::SearchBatchArgs),
     /// Remove items from a gallery.
     Rm(cli::RmArgs),
     /// Score retrieval on labelled query and gallery lists, stage by stage.
@@ -89,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => rt.block_on(serve(args)),
         Command::Add(args) => rt.block_on(cli::add(args)),
         Command::Search(args) => rt.block_on(cli::search(args)),
+        Command::SearchBatch(args) => rt.block_on(cli::search_batch::run(args)),
         Command::Rm(args) => rt.block_on(cli::rm(args)),
         Command::Stats { client } => rt.block_on(cli::stats(client)),
         Command::Model(cmd) => cli::model::run(cmd),
@@ -99,8 +103,11 @@ fn main() -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only on a terminal: a file or pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub mod eval;
+pub mod eval_service;
 pub mod model;
+pub mod search_batch;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
