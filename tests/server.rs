@@ -608,7 +608,10 @@ async fn per_request_query_expansion_and_k_reciprocal_with_stage_timings() {
     let gallery_rows = subset(&split("train.txt"), &classes, 6);
     let query_rows = subset(&split("val.txt"), &classes, 1);
     let class_of: HashMap<String, u32> = gallery_rows.iter().cloned().collect();
-    let server = Server::start(data.path(), "[post_processing]\nrefresh_debounce_ms = 10\n");
+    let server = Server::start(
+        data.path(),
+        "[post_processing]\nrefresh_debounce_ms = 10\ndba = true\n",
+    );
     let mut client = server.client().await;
     client
         .create_gallery(pb::CreateGalleryRequest {
@@ -625,7 +628,7 @@ async fn per_request_query_expansion_and_k_reciprocal_with_stage_timings() {
 
     // The refresher catches up: neighbour lists and DBA vectors computed.
     let index = wait_refreshed(&mut client, "pp").await;
-    assert!(index.dba, "DBA is on by default");
+    assert!(index.dba, "DBA on, as configured");
 
     let pp = |k1: u32, lambda: f32, shortlist: u32| pb::PostProcessing {
         shortlist: Some(shortlist),
@@ -845,6 +848,20 @@ async fn hostile_requests_get_a_clear_error_and_change_nothing() {
         assert_eq!(err.code(), Code::InvalidArgument, "{forged}");
         assert!(err.message().contains("not issued"), "{}", err.message());
     }
+
+    // The default per-request pipeline: AQE then KR, raw vectors indexed.
+    let index = wait_refreshed(&mut client, "h").await;
+    assert!(!index.dba);
+    let resp = client
+        .search(pb::SearchRequest {
+            gallery: "h".into(),
+            query: Some(pb::search_request::Query::ItemId("item-2".into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.stages, ["aqe", "k_reciprocal"]);
 
     // Nothing was lost along the way.
     let stats = client

@@ -58,7 +58,6 @@ impl From<crate::gallery::online::OnlineError> for Status {
     fn from(e: crate::gallery::online::OnlineError) -> Self {
         use crate::gallery::online::OnlineError;
         let code = match &e {
-            OnlineError::NotReady(_) => Code::Unavailable,
             // Parameters are validated up front; what is left is a bug.
             OnlineError::Rerank(_) => Code::Internal,
         };

@@ -34,8 +34,6 @@ pub struct Plan {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OnlineError {
-    #[error("the post-processing state of gallery {0:?} is still being computed; retry shortly")]
-    NotReady(String),
     #[error(transparent)]
     Rerank(#[from] RerankError),
 }
@@ -105,12 +103,17 @@ pub fn search(
 
     if let Some(kr) = &plan.kr {
         let t = Instant::now();
-        let snap = g
-            .post_snapshot()
-            .ok_or_else(|| OnlineError::NotReady(g.name().to_string()))?;
-        if let Some(nb) = &snap.neighbours {
-            // Items added after the snapshot have no neighbour list yet;
-            // they wait for the next refresh (see GalleryStats.stale_items).
+        // KR needs each shortlisted item's stored neighbour list. Until the
+        // refresh after a write has run (GalleryStats.stale_items), a
+        // shortlist holding an item added since is answered without KR,
+        // so that a fresh item is never hidden; `stages` says so.
+        let snap = g.post_snapshot().filter(|s| {
+            s.neighbours.is_some() && hits.iter().all(|h| s.row_of.contains_key(&h.seq))
+        });
+        if let Some((snap, nb)) = snap
+            .as_ref()
+            .and_then(|s| Some((s, s.neighbours.as_ref()?)))
+        {
             let mut by_row: HashMap<usize, Hit> = HashMap::new();
             for h in hits.drain(..) {
                 if let Some(&row) = snap.row_of.get(&h.seq) {
@@ -137,8 +140,8 @@ pub fn search(
                     }
                 }
             }
+            timings.push(("k_reciprocal", t.elapsed()));
         }
-        timings.push(("k_reciprocal", t.elapsed()));
     }
     hits.truncate(plan.top_k);
     Ok(Outcome {

@@ -13,8 +13,9 @@
 //! neighbours changed are recomputed (and re-indexed). The lag is one
 //! debounce plus one refresh.
 //!
-//! Not persisted: opening a gallery computes the first snapshot in full
-//! before serving (no persisted state to keep consistent with the items).
+//! Saved at shutdown with the rest of the derived state (`persist`);
+//! opening a gallery restores it where it matches the store, else
+//! computes the first snapshot in full before serving.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -41,7 +42,7 @@ pub struct PostConfig {
 impl Default for PostConfig {
     fn default() -> Self {
         Self {
-            dba: true,
+            dba: false,
             dba_k: 10,
             neighbours_k: 21,
             debounce: Duration::from_millis(200),

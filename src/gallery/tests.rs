@@ -57,6 +57,7 @@ fn open_with(dir: &Path, cfg: PostConfig, params: HnswParams) -> Arc<Gallery> {
 /// No background refresher interference: a long debounce.
 fn manual() -> PostConfig {
     PostConfig {
+        dba: true,
         debounce: Duration::from_secs(3600),
         ..PostConfig::default()
     }
@@ -234,7 +235,8 @@ fn query_expansion_then_kr_ranks_the_shortlist() {
     let dir = tempfile::tempdir().unwrap();
     let g = open(dir.path(), manual());
     g.upsert((0..50).map(item).collect()).unwrap();
-    // KR needs the state; before the first refresh it is not ready.
+    // KR needs the state; before the first refresh the answer comes
+    // without it (and says so), fresh items included.
     let plan = Plan {
         top_k: 5,
         ef: 128,
@@ -244,13 +246,29 @@ fn query_expansion_then_kr_ranks_the_shortlist() {
         kr: Some(KrParams::default()),
     };
     let q = item(1).vector;
-    let err = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap_err();
-    assert!(matches!(err, online::OnlineError::NotReady(_)), "{err}");
+    let early = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
+    assert_eq!(early.stages, ["alpha_qe"]);
+    assert_eq!(early.hits[0].id, "item-0001");
     g.refresh_post().unwrap();
     let out = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
     assert_eq!(out.hits.len(), 5);
     assert_eq!(out.hits[0].id, "item-0001");
     assert!(out.hits.windows(2).all(|w| w[0].distance <= w[1].distance));
+    assert_eq!(out.stages, ["dba", "alpha_qe", "k_reciprocal"]);
+    // One item added since the refresh and shortlisted: KR waits for the
+    // next refresh rather than hiding it.
+    g.upsert(vec![NewItem {
+        id: "fresh".into(),
+        ..item(1)
+    }])
+    .unwrap();
+    let fresh = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
+    assert_eq!(fresh.stages, ["dba", "alpha_qe"]);
+    assert!(fresh.hits.iter().any(|h| h.id == "fresh"));
+    g.refresh_post().unwrap();
+    let after = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
+    assert_eq!(after.stages, ["dba", "alpha_qe", "k_reciprocal"]);
+    assert!(after.hits.iter().any(|h| h.id == "fresh"));
     let stages: Vec<&str> = out.timings.iter().map(|t| t.0).collect();
     assert_eq!(
         stages,
