@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LOOKALIKE_SKIP_BUILD=1 scripts/setup.sh
+# Dockerfile and Helm chart, checked by the real linters and Helm engine.
+scripts/deploy-check.sh
 # timm references for the architecture parity tests (torch from PyPI, cached).
 LOOKALIKE_PARITY_DIR=${LOOKALIKE_PARITY_DIR:-$(scripts/parity-refs.sh)}
 export LOOKALIKE_PARITY_DIR

