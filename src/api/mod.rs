@@ -1,6 +1,7 @@
 //! The gRPC transport: generated types, the Retrieval service, status
 //! mapping, and the server (with health and reflection).
 
+pub mod health;
 mod ingest;
 mod search;
 pub mod server;
