@@ -13,3 +13,5 @@ scripts/deploy-check.sh
 LOOKALIKE_PARITY_DIR=${LOOKALIKE_PARITY_DIR:-$(scripts/parity-refs.sh)}
 export LOOKALIKE_PARITY_DIR
 cargo test --locked "$@"
+# OTLP trace export (the optional `otlp` feature) against a collector.
+cargo test --locked --features otlp --test otlp

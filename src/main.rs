@@ -106,16 +106,28 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr; with the `otlp` feature, spans also go to the OTLP
+/// collector when one is configured (dropping the returned guard flushes
+/// them).
+fn init_logging(format: LogFormat) -> anyhow::Result<Option<Box<dyn std::any::Any>>> {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Human => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    #[cfg(feature = "otlp")]
+    {
+        if let Some((layer, exporter)) = lookalike::telemetry::otlp::layer()? {
+            registry.with(layer).init();
+            return Ok(Some(Box::new(exporter)));
+        }
     }
+    registry.init();
+    Ok(None)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -146,7 +158,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cfg.log_format = v;
     }
     cfg.validate()?;
-    init_logging(cfg.log_format);
+    let _exporter = init_logging(cfg.log_format)?;
     let keys = ApiKeys::load(&cfg.auth, |var| std::env::var(var).ok())?;
     if keys.is_none() {
         tracing::warn!("no API keys configured: every client may read and write");

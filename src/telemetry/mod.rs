@@ -4,6 +4,8 @@
 
 pub mod layer;
 pub mod metrics;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod request_id;
 
 pub use metrics::metrics;
