@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::embed::EngineConfig;
+use crate::gallery::limits::MetadataLimits;
 use crate::index::HnswParams;
 
 /// Where the setup script puts libonnxruntime, relative to the repository.
@@ -36,6 +37,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub default_top_k: u32,
     pub max_top_k: u32,
+    /// Most queries one SearchBatch call may hold.
+    pub max_batch_queries: usize,
     /// On SIGTERM / Ctrl-C: how long in-flight requests may take to finish
     /// before the server stops anyway (it then saves the galleries'
     /// derived state). Below Kubernetes' default 30 s grace period.
@@ -43,6 +46,8 @@ pub struct Config {
     pub embed: EngineConfig,
     pub index: HnswParams,
     pub post_processing: PostProcessingDefaults,
+    /// Bounds on an item's metadata.
+    pub metadata: MetadataLimits,
     /// TLS on the gRPC port; plaintext when unset.
     pub tls: Option<crate::security::TlsFiles>,
     pub auth: crate::security::AuthConfig,
@@ -119,9 +124,11 @@ impl Default for Config {
             shutdown_grace_s: 20,
             default_top_k: 10,
             max_top_k: 1000,
+            max_batch_queries: 10_000,
             embed: EngineConfig::default(),
             index: HnswParams::default(),
             post_processing: PostProcessingDefaults::default(),
+            metadata: MetadataLimits::default(),
             tls: None,
             auth: crate::security::AuthConfig::default(),
         }

@@ -32,6 +32,9 @@ enum Command {
     Add(cli::AddArgs),
     /// Search a gallery with an image.
     Search(cli::SearchArgs),
+    /// Search a gallery with a list of images in one batch (post-processed
+    /// together, as `eval` does); prints `query,{g1,...,gk}` lines.
+    SearchBatch(cli::search_batch::SearchBatchArgs),
     /// Remove items from a gallery.
     Rm(cli::RmArgs),
     /// Score retrieval on labelled query and gallery lists, stage by stage.
@@ -98,6 +101,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => rt.block_on(serve(args)),
         Command::Add(args) => rt.block_on(cli::add(args)),
         Command::Search(args) => rt.block_on(cli::search(args)),
+        Command::SearchBatch(args) => rt.block_on(cli::search_batch::run(args)),
         Command::Rm(args) => rt.block_on(cli::rm(args)),
         Command::Stats { client } => rt.block_on(cli::stats(client)),
         Command::Health { client } => rt.block_on(cli::health(client)),
@@ -113,7 +117,11 @@ fn init_logging(format: LogFormat) -> anyhow::Result<Option<Box<dyn std::any::An
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour codes only on a terminal: a file or pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     let fmt = match format {
         LogFormat::Human => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),

@@ -654,6 +654,7 @@ async fn per_request_query_expansion_and_k_reciprocal_with_stage_timings() {
         assert_eq!(resp.hits.len(), 5);
         assert!(resp.hits.windows(2).all(|w| w[0].distance <= w[1].distance));
         same_class += usize::from(class_of[&resp.hits[0].id] == *class);
+        assert_eq!(resp.stages, ["dba", "alpha_qe", "k_reciprocal"]);
         let stages: Vec<&str> = resp.timings.iter().map(|t| t.stage.as_str()).collect();
         assert_eq!(
             stages,
@@ -694,6 +695,311 @@ async fn per_request_query_expansion_and_k_reciprocal_with_stage_timings() {
         };
         let err = client.search(req).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(what), "{}", err.message());
+    }
+}
+
+/// Creates `name`; returns the dimension of its descriptors.
+async fn create_gallery(
+    client: &mut pb::retrieval_client::RetrievalClient<tonic::transport::Channel>,
+    name: &str,
+) -> usize {
+    let r = client
+        .create_gallery(pb::CreateGalleryRequest {
+            gallery: name.into(),
+        })
+        .await
+        .unwrap();
+    r.into_inner().dims as usize
+}
+
+fn descriptor_item(gallery: &str, id: &str, values: Vec<f32>) -> pb::AddItem {
+    pb::AddItem {
+        gallery: gallery.into(),
+        id: id.into(),
+        content: Some(Content::Descriptor(pb::Descriptor {
+            values,
+            model_fingerprint: String::new(),
+        })),
+        metadata: HashMap::new(),
+    }
+}
+
+/// A lossless WebP (VP8L) whose header announces `w` x `h`, no pixel data.
+fn webp_header(w: u32, h: u32) -> Vec<u8> {
+    let bits = (w - 1) | ((h - 1) << 14);
+    let mut vp8l = vec![0x2f];
+    vp8l.extend_from_slice(&bits.to_le_bytes());
+    vp8l.push(0);
+    let mut chunk = b"VP8L".to_vec();
+    chunk.extend_from_slice(&(vp8l.len() as u32).to_le_bytes());
+    chunk.extend_from_slice(&vp8l);
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&((4 + chunk.len()) as u32).to_le_bytes());
+    out.extend_from_slice(b"WEBP");
+    out.extend_from_slice(&chunk);
+    out
+}
+
+#[tokio::test]
+async fn hostile_requests_get_a_clear_error_and_change_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let cfg = "[index]\nmax_ef_search = 4096\n[metadata]\nmax_keys = 8\nmax_value_bytes = 64\n";
+    let server = Server::start(data.path(), cfg);
+    let mut client = server.client().await;
+    // Galleries named only by dots would be data/index/ itself or its parent.
+    for name in [".", "..", "..."] {
+        let err = client
+            .create_gallery(pb::CreateGalleryRequest {
+                gallery: name.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
+        assert!(
+            err.message().contains("other than '.'"),
+            "{}",
+            err.message()
+        );
+    }
+    let dims = create_gallery(&mut client, "h").await;
+    let items = (0..5)
+        .map(|i| descriptor_item("h", &format!("item-{i}"), unit_vector(i, dims)))
+        .collect();
+    let (_, s) = add_all(&mut client, items).await;
+    assert_eq!(s.added, 5);
+
+    // Metadata over each bound is rejected on its own, with the bound named.
+    let mut many = descriptor_item("h", "many-keys", unit_vector(10, dims));
+    many.metadata = (0..9).map(|i| (format!("k{i}"), "v".into())).collect();
+    let mut long = descriptor_item("h", "long-value", unit_vector(11, dims));
+    long.metadata.insert("note".into(), "x".repeat(65));
+    let (outcomes, s) = add_all(&mut client, vec![many, long]).await;
+    assert_eq!((s.added, s.rejected), (0, 2));
+    assert!(
+        outcomes[0].reason.contains("more than 8 keys"),
+        "{outcomes:?}"
+    );
+    assert!(outcomes[1].reason.contains("65 bytes"), "{outcomes:?}");
+
+    // A finite descriptor whose squared norm overflows f32 keeps its direction.
+    let huge: Vec<f32> = unit_vector(3, dims).iter().map(|v| v * 1e30).collect();
+    let hits = client
+        .search(pb::SearchRequest {
+            gallery: "h".into(),
+            query: Some(pb::search_request::Query::Descriptor(pb::Descriptor {
+                values: huge,
+                model_fingerprint: String::new(),
+            })),
+            top_k: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(hits[0].id, "item-3");
+    assert!(hits[0].distance < 1e-3);
+
+    // ef_search above the configured cap.
+    let err = client
+        .search(pb::SearchRequest {
+            gallery: "h".into(),
+            query: Some(pb::search_request::Query::ItemId("item-0".into())),
+            ef_search: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("4096"), "{}", err.message());
+
+    // A WebP announcing 16384 x 16384 says what is wrong with it.
+    let err = client
+        .search(pb::SearchRequest {
+            gallery: "h".into(),
+            query: Some(pb::search_request::Query::Image(webp_header(16384, 16384))),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(!err.message().contains("0x0"), "{}", err.message());
+    assert!(err.message().contains("16384"), "{}", err.message());
+
+    // Page tokens: only what ListItems issued resumes a listing.
+    let page = |token: &str| pb::ListItemsRequest {
+        gallery: "h".into(),
+        page_size: 2,
+        page_token: token.into(),
+    };
+    let first = client.list_items(page("")).await.unwrap().into_inner();
+    let second = client
+        .list_items(page(&first.next_page_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.items[0].id, "item-2");
+    for forged in ["item-1", "never-issued", &first.next_page_token[1..]] {
+        let err = client.list_items(page(forged)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{forged}");
+        assert!(err.message().contains("not issued"), "{}", err.message());
+    }
+
+    // Nothing was lost along the way.
+    let stats = client
+        .gallery_stats(pb::GalleryStatsRequest {
+            gallery: "h".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.count, 5);
+}
+
+#[tokio::test]
+async fn search_batch_equals_batch_eval_on_the_same_descriptors() {
+    use lookalike::rerank::pipeline::{parse_stages, Pipeline};
+    use ndarray::Array2;
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), "");
+    let mut client = server.client().await;
+    let dims = create_gallery(&mut client, "b").await;
+    // 30 products, photos of one product near each other.
+    let centre = |i: u64| unit_vector(1000 + i % 30, dims);
+    let noisy = |i: u64| -> Vec<f32> {
+        let v: Vec<f32> = centre(i)
+            .iter()
+            .zip(unit_vector(i, dims))
+            .map(|(c, n)| c + 1.5 * n)
+            .collect();
+        lookalike::index::distance::normalised(&v).unwrap()
+    };
+    let (ng, nq) = (400u64, 60u64);
+    let ids: Vec<String> = (0..ng).map(|i| format!("g{i:04}")).collect();
+    let items = (0..ng)
+        .map(|i| descriptor_item("b", &ids[i as usize], noisy(i)))
+        .collect();
+    let (_, s) = add_all(&mut client, items).await;
+    assert_eq!(s.added, ng);
+    let queries: Vec<Vec<f32>> = (0..nq).map(|i| noisy(10_000 + i)).collect();
+    let matrix =
+        |rows: &[Vec<f32>]| Array2::from_shape_vec((rows.len(), dims), rows.concat()).unwrap();
+    let g = matrix(&(0..ng).map(noisy).collect::<Vec<_>>());
+    let q = matrix(&queries);
+
+    for (stages, digix) in [
+        ("kr;aqe:k=1", false),
+        ("gallery-dba:k=5;kr", false),
+        ("", true),
+    ] {
+        let batch_query = |i: usize| pb::BatchQuery {
+            id: format!("q{i}"),
+            query: Some(pb::batch_query::Query::Descriptor(pb::Descriptor {
+                values: queries[i].clone(),
+                model_fingerprint: String::new(),
+            })),
+        };
+        // Queries over two messages; options on the first only.
+        let requests = vec![
+            pb::SearchBatchRequest {
+                gallery: "b".into(),
+                options: Some(pb::BatchOptions {
+                    top_k: 10,
+                    stages: stages.into(),
+                    digix,
+                    dba_renormalise: false,
+                }),
+                queries: (0..30).map(batch_query).collect(),
+            },
+            pb::SearchBatchRequest {
+                gallery: String::new(),
+                options: None,
+                queries: (30..nq as usize).map(batch_query).collect(),
+            },
+        ];
+        let mut stream = client
+            .search_batch(tokio_stream::iter(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got: Vec<Vec<String>> = Vec::new();
+        let mut summary = None;
+        while let Some(r) = stream.message().await.unwrap() {
+            match r.kind.unwrap() {
+                pb::search_batch_response::Kind::Result(res) => {
+                    assert_eq!(res.id, format!("q{}", got.len()));
+                    assert_eq!(res.index, got.len() as u64);
+                    got.push(res.hits.into_iter().map(|h| h.id).collect());
+                }
+                pb::search_batch_response::Kind::Summary(s) => summary = Some(s),
+            }
+        }
+        let summary = summary.expect("summary");
+        assert_eq!((summary.queries, summary.gallery_items), (nq, ng));
+        let pipeline = if digix {
+            Pipeline::digix()
+        } else {
+            Pipeline::new(parse_stages(stages).unwrap(), 10, false).unwrap()
+        };
+        assert_eq!(summary.stages.len(), pipeline.stages().len());
+        let want = pipeline.run(q.view(), g.view()).unwrap();
+        let want: Vec<Vec<String>> = want
+            .last()
+            .unwrap()
+            .ranking
+            .iter()
+            .map(|r| r.iter().take(10).map(|&i| ids[i].clone()).collect())
+            .collect();
+        assert_eq!(got, want, "stages {stages:?} digix {digix}");
+    }
+
+    // Bad calls: unknown stage, too many for the cap, an unknown item.
+    let call = |options: pb::BatchOptions, queries: Vec<pb::BatchQuery>| {
+        vec![pb::SearchBatchRequest {
+            gallery: "b".into(),
+            options: Some(options),
+            queries,
+        }]
+    };
+    let item = |id: &str| pb::BatchQuery {
+        id: String::new(),
+        query: Some(pb::batch_query::Query::ItemId(id.into())),
+    };
+    let bad = [
+        (
+            call(
+                pb::BatchOptions {
+                    stages: "bogus".into(),
+                    ..Default::default()
+                },
+                vec![item("g0000")],
+            ),
+            Code::InvalidArgument,
+            "bogus",
+        ),
+        (
+            call(
+                pb::BatchOptions::default(),
+                vec![item("g0000"), item("nope")],
+            ),
+            Code::NotFound,
+            "query 1",
+        ),
+        (
+            call(pb::BatchOptions::default(), vec![]),
+            Code::InvalidArgument,
+            "at least one",
+        ),
+    ];
+    for (requests, code, what) in bad {
+        let mut stream = client
+            .search_batch(tokio_stream::iter(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        let err = stream.message().await.unwrap_err();
+        assert_eq!(err.code(), code, "{what}: {err:?}");
         assert!(err.message().contains(what), "{}", err.message());
     }
 }

@@ -14,6 +14,7 @@ use super::pb::{self, add_item::Content, add_response::Kind, item_outcome::Statu
 use super::service::{check_descriptor, check_model};
 use super::status::{is_message_too_large, too_large};
 use crate::embed::Engine;
+use crate::gallery::limits::MetadataLimits;
 use crate::gallery::{Galleries, Gallery, NewItem};
 
 /// Items gathered from the stream per round when they arrive together.
@@ -22,6 +23,7 @@ const CHUNK: usize = 32;
 pub(super) struct Ingest {
     pub engine: Arc<Engine>,
     pub galleries: Arc<Galleries>,
+    pub metadata: MetadataLimits,
 }
 
 /// One gallery's valid items of a round, with their slots in the outcome list.
@@ -149,6 +151,7 @@ impl Ingest {
         if id.is_empty() || id.len() > 512 {
             return Err("item id must be 1-512 bytes".into());
         }
+        self.metadata.check(&metadata)?;
         let vector = match content {
             Some(Content::Image(bytes)) => {
                 check_model(&self.engine, g).map_err(|s| s.message().to_string())?;

@@ -1,6 +1,7 @@
 //! The gRPC transport: generated types, the Retrieval service, status
 //! mapping, and the server (with health and reflection).
 
+mod batch;
 pub mod health;
 mod ingest;
 mod search;

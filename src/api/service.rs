@@ -14,6 +14,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::pb::{self, retrieval_server::Retrieval};
 use crate::config::{Config, PostProcessingDefaults};
 use crate::embed::Engine;
+use crate::gallery::limits::MetadataLimits;
+use crate::gallery::page as page_token;
 use crate::gallery::{Galleries, Gallery, Metadata};
 use crate::store::GalleryMeta;
 
@@ -24,6 +26,9 @@ pub struct RetrievalService {
     galleries: Arc<Galleries>,
     default_top_k: u32,
     max_top_k: u32,
+    max_ef_search: u32,
+    max_batch_queries: usize,
+    metadata: MetadataLimits,
     pp: PostProcessingDefaults,
 }
 
@@ -34,6 +39,9 @@ impl RetrievalService {
             galleries,
             default_top_k: cfg.default_top_k,
             max_top_k: cfg.max_top_k,
+            max_ef_search: cfg.index.max_ef_search,
+            max_batch_queries: cfg.max_batch_queries,
+            metadata: cfg.metadata,
             pp: cfg.post_processing.clone(),
         }
     }
@@ -91,6 +99,17 @@ pub(super) fn check_descriptor(g: &Gallery, d: &pb::Descriptor) -> Result<Vec<f3
     Ok(g.prepare(&d.values)?)
 }
 
+/// A request's `top_k`: 0 is the server default, above the cap is refused.
+pub(super) fn top_k(k: u32, default: u32, max: u32) -> Result<usize, Status> {
+    match k {
+        0 => Ok(default as usize),
+        k if k > max => Err(Status::invalid_argument(format!(
+            "top_k {k} is over the limit of {max}"
+        ))),
+        k => Ok(k as usize),
+    }
+}
+
 fn to_metadata(m: HashMap<String, String>) -> Metadata {
     m.into_iter().collect()
 }
@@ -111,6 +130,7 @@ impl Retrieval for RetrievalService {
         let ctx = ingest::Ingest {
             engine: self.engine.clone(),
             galleries: self.galleries.clone(),
+            metadata: self.metadata,
         };
         tokio::spawn(ctx.run(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -122,16 +142,7 @@ impl Retrieval for RetrievalService {
     ) -> Result<Response<pb::SearchResponse>, Status> {
         let req = request.into_inner();
         let g = self.gallery(&req.gallery)?;
-        let k = match req.top_k {
-            0 => self.default_top_k,
-            k if k > self.max_top_k => {
-                return Err(Status::invalid_argument(format!(
-                    "top_k {k} is over the limit of {}",
-                    self.max_top_k
-                )))
-            }
-            k => k,
-        } as usize;
+        let k = top_k(req.top_k, self.default_top_k, self.max_top_k)?;
         let mut timings = Vec::new();
         let mut exclude = None;
         let query = match req.query {
@@ -162,10 +173,15 @@ impl Retrieval for RetrievalService {
                 ))
             }
         };
-        let ef = if req.ef_search == 0 {
-            g.default_ef()
-        } else {
-            req.ef_search as usize
+        let ef = match req.ef_search {
+            0 => g.default_ef(),
+            ef if ef > self.max_ef_search => {
+                return Err(Status::invalid_argument(format!(
+                    "ef_search {ef} is over the limit of {} (index.max_ef_search)",
+                    self.max_ef_search
+                )))
+            }
+            ef => ef as usize,
         };
         let limits = super::search::Limits {
             pp: &self.pp,
@@ -192,7 +208,31 @@ impl Retrieval for RetrievalService {
                 metadata: h.metadata.into_iter().collect(),
             })
             .collect();
-        Ok(Response::new(pb::SearchResponse { hits, timings }))
+        let stages = out.stages.iter().map(|s| s.to_string()).collect();
+        Ok(Response::new(pb::SearchResponse {
+            hits,
+            timings,
+            stages,
+        }))
+    }
+
+    type SearchBatchStream =
+        Pin<Box<dyn Stream<Item = Result<pb::SearchBatchResponse, Status>> + Send>>;
+
+    async fn search_batch(
+        &self,
+        request: Request<Streaming<pb::SearchBatchRequest>>,
+    ) -> Result<Response<Self::SearchBatchStream>, Status> {
+        let (tx, rx) = mpsc::channel(64);
+        let batch = super::batch::Batch {
+            engine: self.engine.clone(),
+            galleries: self.galleries.clone(),
+            default_top_k: self.default_top_k,
+            max_top_k: self.max_top_k,
+            max_queries: self.max_batch_queries,
+        };
+        tokio::spawn(batch.run(request.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn remove_from_gallery(
@@ -244,12 +284,14 @@ impl Retrieval for RetrievalService {
             0 => 100,
             n => n.min(1000) as usize,
         };
-        let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
-        let (page, more) = g.list(after, size);
-        let next_page_token = if more {
-            page.last().map(|(id, _)| id.clone()).unwrap_or_default()
-        } else {
-            String::new()
+        let after = match req.page_token.as_str() {
+            "" => None,
+            t => Some(page_token::decode(t)?),
+        };
+        let (page, more) = g.list(after.as_deref(), size);
+        let next_page_token = match page.last() {
+            Some((id, _)) if more => page_token::encode(id),
+            _ => String::new(),
         };
         let items = page
             .into_iter()

@@ -28,7 +28,8 @@ impl From<GalleryError> for Status {
             GalleryError::Exists(_) => Code::AlreadyExists,
             GalleryError::InvalidName { .. }
             | GalleryError::Dims { .. }
-            | GalleryError::Degenerate => Code::InvalidArgument,
+            | GalleryError::Degenerate
+            | GalleryError::PageToken(_) => Code::InvalidArgument,
             GalleryError::Store(_) | GalleryError::Post(_) | GalleryError::Persist(_) => {
                 Code::Internal
             }

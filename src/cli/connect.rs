@@ -52,7 +52,7 @@ pub type Authed = InterceptedService<Channel, ApiKey>;
 pub type Client = RetrievalClient<Authed>;
 
 /// Messages up to this size are accepted from the server.
-const MAX_MESSAGE: usize = 64 << 20;
+pub(crate) const MAX_MESSAGE: usize = 64 << 20;
 
 impl Connection {
     pub async fn channel(&self) -> anyhow::Result<Authed> {

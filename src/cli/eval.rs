@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array2;
 
+use super::eval_service::{ServiceConfig, ServiceEval};
 use crate::config::{PostProcessingDefaults, DEFAULT_ORT_DYLIB};
 use crate::embed::{Engine, EngineConfig};
 use crate::eval::metrics::{evaluate_indices, Metrics};
@@ -33,15 +34,8 @@ pub struct EvalArgs {
     pub model: PathBuf,
     #[arg(long, env = "ORT_DYLIB_PATH", default_value = DEFAULT_ORT_DYLIB)]
     pub ort_dylib: PathBuf,
-    /// Stages in the spec's order, e.g. "gallery-dba:k=10;kr;aqe:k=1".
-    #[arg(long, default_value = "")]
-    pub stages: String,
-    /// Run the DIGIX 2020 batch order (spec section 4) instead of --stages.
-    #[arg(long)]
-    pub digix: bool,
-    /// Re-normalise DBA output (the service's DBA) instead of the batch order's.
-    #[arg(long)]
-    pub dba_renormalise: bool,
+    #[command(flatten)]
+    pub stages: StageArgs,
     /// Folder for descriptors: reused when present (queries.npy,
     /// gallery.npy), written after embedding otherwise.
     #[arg(long)]
@@ -56,6 +50,36 @@ pub struct EvalArgs {
     /// Folder for metrics.json, top10.csv and scores.png.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Which field of each list line is the label (0 = the path; 1 = the
+    /// fine class, 2 = the coarse class in the grocery lists).
+    #[arg(long, default_value_t = 1)]
+    pub label_column: usize,
+    /// Also measure through a running server at this address: the
+    /// gallery is added by descriptor, each query searched by descriptor
+    /// with every --service-config.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Per-request configurations for --service: `server` (its defaults),
+    /// `none`, or stages like "alpha-qe:k=3,alpha=3;kr;shortlist=100".
+    #[arg(long, default_values_t = ["server".to_string()])]
+    pub service_config: Vec<String>,
+    /// Gallery the --service measurement (re)creates on the server.
+    #[arg(long, default_value = "lookalike-eval")]
+    pub service_gallery: String,
+}
+
+/// Which batch post-processing to run (shared by `eval` and `search-batch`).
+#[derive(clap::Args, Clone)]
+pub struct StageArgs {
+    /// Stages in the spec's order, e.g. "gallery-dba:k=10;kr;aqe:k=1".
+    #[arg(long, default_value = "")]
+    pub stages: String,
+    /// Run the DIGIX 2020 batch order (spec section 4) instead of --stages.
+    #[arg(long)]
+    pub digix: bool,
+    /// Re-normalise DBA output (the service's DBA) instead of the batch order's.
+    #[arg(long)]
+    pub dba_renormalise: bool,
 }
 
 struct List {
@@ -63,7 +87,7 @@ struct List {
     labels: Vec<String>,
 }
 
-fn read_list(path: &Path) -> anyhow::Result<List> {
+fn read_list(path: &Path, label_column: usize) -> anyhow::Result<List> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let (mut paths, mut labels) = (Vec::new(), Vec::new());
@@ -71,13 +95,17 @@ fn read_list(path: &Path) -> anyhow::Result<List> {
         if line.trim().is_empty() {
             continue;
         }
-        let mut f = line.split(',').map(str::trim);
-        match (f.next(), f.next()) {
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        match (f.first(), f.get(label_column)) {
             (Some(p), Some(l)) if !p.is_empty() && !l.is_empty() => {
                 paths.push(p.to_string());
                 labels.push(l.to_string());
             }
-            _ => bail!("{}:{}: expected `path,label`", path.display(), n + 1),
+            _ => bail!(
+                "{}:{}: expected `path,label` with a label in field {label_column}",
+                path.display(),
+                n + 1
+            ),
         }
     }
     Ok(List { paths, labels })
@@ -121,13 +149,22 @@ async fn embed_all(
 }
 
 pub async fn run(a: EvalArgs) -> anyhow::Result<()> {
-    let q = read_list(&a.queries)?;
-    let g = read_list(&a.gallery)?;
+    let q = read_list(&a.queries, a.label_column)?;
+    let g = read_list(&a.gallery, a.label_column)?;
+    let service_configs: Vec<ServiceConfig> = a
+        .service_config
+        .iter()
+        .map(|c| c.parse())
+        .collect::<anyhow::Result<_>>()?;
     // Stage errors before the (slow) embedding.
-    let pipeline = if a.digix {
+    let pipeline = if a.stages.digix {
         Pipeline::digix()
     } else {
-        Pipeline::new(parse_stages(&a.stages)?, 10, a.dba_renormalise)?
+        Pipeline::new(
+            parse_stages(&a.stages.stages)?,
+            10,
+            a.stages.dba_renormalise,
+        )?
     };
     let online_params = if a.online_shortlist.is_empty() {
         None
@@ -189,7 +226,7 @@ pub async fn run(a: EvalArgs) -> anyhow::Result<()> {
             m.top1, m.map10, m.p10, m.score
         );
     };
-    for StageOutput { stage, ranking } in &outputs {
+    for StageOutput { stage, ranking, .. } in &outputs {
         let m = evaluate_indices(&q.labels, &g.labels, ranking)?;
         let name = stage.map_or_else(|| "raw".to_string(), |s| s.to_string());
         print(&name, &m);
@@ -224,6 +261,29 @@ pub async fn run(a: EvalArgs) -> anyhow::Result<()> {
                 rows.push(serde_json::json!({"stage": name, "top1": m.top1, "map10": m.map10, "p10": m.p10, "score": m.score,
                     "online": {"shortlist": k.to_string(), "row_max": tag}}));
             }
+        }
+    }
+    if let Some(server) = &a.service {
+        let eval = ServiceEval {
+            server,
+            gallery_name: &a.service_gallery,
+            gallery_ids: &g.paths,
+            gallery: &gd,
+            queries: &qd,
+        };
+        for r in eval.run(&service_configs, &q.labels, &g.labels).await? {
+            let name = format!("service {}", r.config);
+            print(&name, &r.metrics);
+            eprintln!(
+                "  ({name}: stages [{}], p50 {:.2} ms, p99 {:.2} ms)",
+                r.stages.join(", "),
+                r.p50.as_secs_f64() * 1e3,
+                r.p99.as_secs_f64() * 1e3
+            );
+            let m = &r.metrics;
+            rows.push(serde_json::json!({"stage": name, "top1": m.top1, "map10": m.map10, "p10": m.p10, "score": m.score,
+                "service": {"config": r.config, "stages": r.stages,
+                    "p50_ms": r.p50.as_secs_f64() * 1e3, "p99_ms": r.p99.as_secs_f64() * 1e3}}));
         }
     }
     if let Some(out) = &a.out {

@@ -6,9 +6,15 @@ use std::path::{Path, PathBuf};
 
 pub mod connect;
 pub mod eval;
+pub mod eval_service;
 pub mod model;
+pub mod search_batch;
 
-use crate::api::pb::{self, add_item::Content, add_response::Kind};
+use tonic::transport::Channel;
+
+use crate::api::pb::{
+    self, add_item::Content, add_response::Kind, retrieval_client::RetrievalClient,
+};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -236,6 +242,16 @@ pub async fn stats(args: ClientArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A plaintext client without a key (eval against a local server).
+pub async fn connect(server: &str) -> anyhow::Result<RetrievalClient<Channel>> {
+    let client = RetrievalClient::connect(server.to_string())
+        .await
+        .with_context(|| format!("connecting to {server} (is `lookalike serve` running?)"))?;
+    Ok(client
+        .max_decoding_message_size(connect::MAX_MESSAGE)
+        .max_encoding_message_size(connect::MAX_MESSAGE))
 }
 
 /// grpc.health.v1 Check of the Retrieval service: Ok only when SERVING.

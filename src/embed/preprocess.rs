@@ -29,6 +29,8 @@ pub enum ImageError {
     },
     #[error("image has zero width or height ({width}x{height})")]
     ZeroSize { width: u32, height: u32 },
+    #[error("lossless WebP announces {width}x{height}; the WebP decoder cannot read images 16384 pixels wide or high (it takes such a side for zero): downscale to at most 16383 pixels a side")]
+    WebpTooWide { width: u32, height: u32 },
     #[error("image could not be decoded: {0}")]
     Decode(String),
 }
@@ -98,6 +100,9 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
     let (width, height) = decoder.dimensions();
     let pixels = width as u64 * height as u64;
     if width == 0 || height == 0 {
+        if let Some((width, height)) = vp8l_announced_size(bytes) {
+            return Err(ImageError::WebpTooWide { width, height });
+        }
         return Err(ImageError::ZeroSize { width, height });
     }
     if pixels > limits.max_pixels {
@@ -115,6 +120,22 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
     let mut img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
     img.apply_orientation(orientation);
     Ok(img.into_rgb8())
+}
+
+/// The size a simple lossless WebP (RIFF, VP8L chunk first) announces,
+/// when a side is 16384: image-webp 0.2 masks `1 + (w - 1)` to 14 bits, so
+/// it reports such a side as 0.
+fn vp8l_announced_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.len() < 25
+        || &bytes[0..4] != b"RIFF"
+        || &bytes[8..16] != b"WEBPVP8L"
+        || bytes[20] != 0x2f
+    {
+        return None;
+    }
+    let h = u32::from_le_bytes([bytes[21], bytes[22], bytes[23], bytes[24]]);
+    let (width, height) = ((h & 0x3FFF) + 1, ((h >> 14) & 0x3FFF) + 1);
+    (width == 16384 || height == 16384).then_some((width, height))
 }
 
 /// Whether a JPEG's main image runs to its end-of-image marker. Walks the

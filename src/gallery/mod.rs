@@ -10,7 +10,9 @@
 //! saved at shutdown and reloaded at start where it matches the store
 //! (`persist`), else recomputed from the store.
 
+pub mod limits;
 pub mod online;
+pub mod page;
 pub mod persist;
 pub mod post;
 
@@ -53,6 +55,8 @@ pub enum GalleryError {
     },
     #[error("descriptor is zero or not finite")]
     Degenerate,
+    #[error("page_token {0:?} was not issued by ListItems; pass the previous page's next_page_token, or none for the first page")]
+    PageToken(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("post-processing state: {0}")]
@@ -888,6 +892,14 @@ fn validate_gallery_name(name: &str) -> Result<(), GalleryError> {
             what: "gallery name",
             value: name.to_string(),
             why: "use 1-64 characters from A-Z a-z 0-9 . _ -",
+        });
+    }
+    // The name is a folder under data/index/: "." or ".." would be another one.
+    if name.chars().all(|c| c == '.') {
+        return Err(GalleryError::InvalidName {
+            what: "gallery name",
+            value: name.to_string(),
+            why: "a name needs at least one character other than '.'",
         });
     }
     Ok(())

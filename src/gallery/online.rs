@@ -44,6 +44,8 @@ pub enum OnlineError {
 pub struct Outcome {
     pub hits: Vec<Hit>,
     pub timings: Vec<(&'static str, Duration)>,
+    /// The stages that shaped the ranking, in order (`SearchResponse.stages`).
+    pub stages: Vec<&'static str>,
 }
 
 /// Runs `plan` for the unit query `q`. Blocking (CPU-bound).
@@ -55,6 +57,11 @@ pub fn search(
     exclude: Option<&str>,
 ) -> Result<Outcome, OnlineError> {
     let mut timings = Vec::new();
+    let mut stages = Vec::new();
+    // The index holds DBA vectors once a refresh has computed them.
+    if g.post_config().dba && g.post_snapshot().is_some_and(|s| s.dba.is_some()) {
+        stages.push("dba");
+    }
     let want = if plan.kr.is_some() {
         plan.shortlist.max(plan.top_k)
     } else {
@@ -87,6 +94,7 @@ pub fn search(
         };
         timings.push(("query_expansion", t.elapsed()));
         if let Some(q2) = expanded {
+            stages.push(if qe.alpha > 0.0 { "alpha_qe" } else { "aqe" });
             let t = Instant::now();
             hits = g.search(&q2, &params(want));
             timings.push(("search_expanded", t.elapsed()));
@@ -112,6 +120,7 @@ pub fn search(
             let mut rows: Vec<usize> = by_row.keys().copied().collect();
             rows.sort_unstable();
             if !rows.is_empty() {
+                stages.push("k_reciprocal");
                 let ranked = kr_single(
                     ArrayView1::from(&query[..]),
                     snap.raw.view(),
@@ -132,7 +141,11 @@ pub fn search(
         timings.push(("k_reciprocal", t.elapsed()));
     }
     hits.truncate(plan.top_k);
-    Ok(Outcome { hits, timings })
+    Ok(Outcome {
+        hits,
+        timings,
+        stages,
+    })
 }
 
 /// Spec AQE / alpha-QE over the top rows, re-normalised (the online

@@ -62,10 +62,17 @@ pub fn euclidean_from_cosine(cos_dist: f32) -> f32 {
 }
 
 /// Scales `v` to unit length; `None` for a zero or non-finite vector,
-/// which has no direction to compare.
+/// which has no direction to compare. Divides by the largest magnitude
+/// first, so finite vectors whose squared norm overflows f32 (all 1e30)
+/// or underflows it keep their direction.
 pub fn normalised(v: &[f32]) -> Option<Vec<f32>> {
-    let n = dot(v, v).sqrt();
-    (n.is_finite() && n > 0.0).then(|| v.iter().map(|x| x / n).collect())
+    let m = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    if !m.is_finite() || m == 0.0 || v.iter().any(|x| x.is_nan()) {
+        return None;
+    }
+    let scaled: Vec<f32> = v.iter().map(|x| x / m).collect();
+    let n = dot(&scaled, &scaled).sqrt();
+    Some(scaled.iter().map(|x| x / n).collect())
 }
 
 #[cfg(test)]
@@ -92,5 +99,18 @@ mod tests {
     fn zero_vector_has_no_direction() {
         assert!(normalised(&[0.0, 0.0]).is_none());
         assert!(normalised(&[f32::NAN, 1.0]).is_none());
+        assert!(normalised(&[f32::INFINITY, 1.0]).is_none());
+    }
+
+    #[test]
+    fn huge_and_tiny_finite_vectors_keep_their_direction() {
+        let h = 0.5f32.sqrt();
+        for scale in [1e30f32, 1e-30, f32::MAX, f32::MIN_POSITIVE] {
+            let v = normalised(&[scale, -scale]).unwrap();
+            assert!(
+                (v[0] - h).abs() < 1e-6 && (v[1] + h).abs() < 1e-6,
+                "{scale}"
+            );
+        }
     }
 }

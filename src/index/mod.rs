@@ -48,6 +48,9 @@ pub struct HnswParams {
     /// graph: at the default ef a graph walk is slower than brute force
     /// up to about this size (BENCHMARKS.md). Lower it with `ef_search`.
     pub exact_limit: usize,
+    /// Largest `ef_search` a request may ask for: the beam is allocated
+    /// per search, so an unbounded one is a memory and CPU lever.
+    pub max_ef_search: u32,
 }
 
 impl Default for HnswParams {
@@ -58,6 +61,7 @@ impl Default for HnswParams {
             ef_search: 1024,
             rebuild_tombstone_ratio: 0.2,
             exact_limit: 200_000,
+            max_ef_search: 16384,
         }
     }
 }

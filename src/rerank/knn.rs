@@ -5,6 +5,7 @@
 use ndarray::{s, Array2, ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
+use super::probe::{self, Path};
 use super::{check_k, RerankError};
 
 /// Rows per block of the blocked distance computation against `ncols`
@@ -107,9 +108,12 @@ pub(crate) struct Screened {
 /// <= t + 2E could be among the exact k nearest; every j with approx >=
 /// max - 2E could be the exact maximum.
 pub(crate) fn screen(a: &Points, r0: usize, r1: usize, b: &Points, k: usize) -> Vec<Screened> {
+    probe::hit(Path::ScreenBlock);
     let dots = a.dot_block(r0, r1, b, 0);
     let mut row = Vec::new();
-    dots.rows()
+    let mut rejected = false;
+    let out = dots
+        .rows()
         .into_iter()
         .enumerate()
         .map(|(r, drow)| {
@@ -137,11 +141,17 @@ pub(crate) fn screen(a: &Points, r0: usize, r1: usize, b: &Points, k: usize) -> 
                     if near {
                         cands.push((d, j as u32));
                     }
+                } else {
+                    rejected = true;
                 }
             }
             Screened { max, cands }
         })
-        .collect()
+        .collect();
+    if rejected {
+        probe::hit(Path::ScreenRejected);
+    }
+    out
 }
 
 /// Streaming per-row state of `screen_self`: every j that may still be
@@ -211,6 +221,11 @@ pub(crate) fn screen_self(p: &Points, k: usize) -> Vec<Screened> {
         .collect();
     let pairs: Vec<(usize, usize)> = (0..nb).flat_map(|a| (a..nb).map(move |b| (a, b))).collect();
     pairs.par_iter().for_each(|&(bi, bj)| {
+        probe::hit(if bi == bj {
+            Path::SelfDiagonalBlock
+        } else {
+            Path::SelfOffDiagonalBlock
+        });
         let (i0, i1) = (bi * BS, ((bi + 1) * BS).min(n));
         let (j0, j1) = (bj * BS, ((bj + 1) * BS).min(n));
         let dot = p

@@ -27,6 +27,7 @@ use ndarray::{ArrayView2, Axis};
 use rayon::prelude::*;
 
 use super::knn::{block_rows, check_pair, screen_self, top_k_of, Points};
+use super::probe::{self, Path};
 use super::RerankError;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -292,8 +293,10 @@ pub fn k_reciprocal(
                     final_dist(m[gi], d, lambda)
                 };
                 let c = if top >= ng {
+                    probe::hit(Path::KrExactTop);
                     top_k_of((0..ng).map(|gi| (exact(gi), gi as u32)), top)
                 } else {
+                    probe::hit(Path::KrScreenedTop);
                     let approx_of = |gi: usize| final_dist(m[gi], norm_d(row[gi], mx), lambda);
                     let a = top_k_of((0..ng).map(|gi| (approx_of(gi), gi as u32)), top);
                     let t = a.last().map_or(f64::INFINITY, |e| e.0);

@@ -2,6 +2,8 @@
 //! of section 4. Descriptors are `f32` rows; sums and distances are `f64`.
 //! Ties in any ranking are broken by the lower index (stable by index).
 
+#[cfg(test)]
+mod agreement_tests;
 pub mod aqe;
 pub mod dba;
 pub mod digix;
@@ -9,6 +11,9 @@ pub mod knn;
 pub mod kreciprocal;
 pub mod pca;
 pub mod pipeline;
+pub(crate) mod probe;
+#[cfg(test)]
+pub(crate) mod reference;
 
 use thiserror::Error;
 

@@ -1,11 +1,12 @@
 //! PCA of spec sections 1.4 / 4.2: fitted on the query descriptors,
 //! centred, not whitened; `y = (x - mean) W`.
 //!
-//! Number of components: min(`max_components`, n, dims) as the spec says,
-//! then capped at the numerical rank of the centred data (at most n - 1).
-//! sklearn keeps the extra zero-variance component(s); their direction is
-//! an arbitrary null-space vector of the LAPACK SVD, which would move the
-//! distances of data outside the fitted span arbitrarily, so we drop them.
+//! Number of components: min(`max_components`, n - 1, dims) as the spec
+//! says, then capped at the numerical rank of the centred data (smaller
+//! only for degenerate input such as duplicated rows). sklearn keeps
+//! zero-variance components; their direction is an arbitrary null-space
+//! vector of the LAPACK SVD, which would move the distances of data
+//! outside the fitted span arbitrarily, so we drop them.
 //! Signs follow sklearn's `svd_flip`: the largest-|.| loading of each
 //! component is positive.
 //!
@@ -16,6 +17,7 @@ use nalgebra::{DMatrix, SymmetricEigen};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use super::knn::check_finite;
+use super::probe::{self, Path};
 use super::{check_k, RerankError};
 
 #[derive(Debug, Clone)]
@@ -39,8 +41,15 @@ impl Pca {
         let mut xc = x.mapv(f64::from);
         let mean = xc.mean_axis(Axis(0)).unwrap_or_else(|| Array1::zeros(d));
         xc -= &mean;
-        let want = max_components.min(n).min(d);
+        // Spec 4.2: min(max, n - 1, dims); the centred rows span at most
+        // n - 1 dimensions, so a further component's direction is arbitrary.
+        let want = max_components.min(n - 1).min(d);
         let gram = n <= d;
+        probe::hit(if gram {
+            Path::PcaGram
+        } else {
+            Path::PcaScatter
+        });
         let m = if gram {
             xc.dot(&xc.t())
         } else {

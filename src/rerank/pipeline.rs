@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::aqe::{alpha_qe, aqe, gallery_aqe};
 use super::dba::{gallery_dba, query_dba};
-use super::knn::rank_euclidean;
-use super::kreciprocal::{k_reciprocal, KrParams};
+use super::knn::{check_pair, knn_d2};
+use super::kreciprocal::{k_reciprocal, KrParams, Ranked};
 use super::pca::Pca;
 use super::{Ranking, RerankError};
 
@@ -176,11 +176,13 @@ pub fn parse_stages(s: &str) -> Result<Vec<Stage>, RerankError> {
 }
 
 /// The ranking after one stage (`stage: None` is the input's Euclidean
-/// ranking).
+/// ranking), with each entry's distance: Euclidean on the stage's vectors,
+/// or D* after KR.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageOutput {
     pub stage: Option<Stage>,
     pub ranking: Ranking,
+    pub distances: Vec<Vec<f64>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -243,6 +245,12 @@ impl Pipeline {
         }
     }
 
+    /// The same stages, reporting `top_n` per query (at least 1).
+    pub fn with_top_n(mut self, top_n: usize) -> Self {
+        self.top_n = top_n.max(1);
+        self
+    }
+
     pub fn stages(&self) -> &[Stage] {
         &self.stages
     }
@@ -261,51 +269,64 @@ impl Pipeline {
             .min(gallery.nrows().max(1));
         let mut q: Array2<f32> = queries.to_owned();
         let mut g: Array2<f32> = gallery.to_owned();
-        let first = rank_euclidean(q.view(), g.view(), depth)?;
-        let mut source = first.clone();
+        let euclid = |q: &Array2<f32>, g: &Array2<f32>| -> Result<Ranked, RerankError> {
+            check_pair(q.view(), g.view())?;
+            let (ids, dists) = knn_d2(q.view(), g.view(), depth, false)
+                .into_iter()
+                .map(|r| r.into_iter().map(|(d2, j)| (j as usize, d2.sqrt())).unzip())
+                .unzip();
+            Ok(Ranked { ids, dists })
+        };
+        let first = euclid(&q, &g)?;
+        let mut source = first.ids.clone();
         let mut out = vec![StageOutput {
             stage: None,
-            ranking: first,
+            ranking: first.ids,
+            distances: first.dists,
         }];
         for &stage in &self.stages {
-            let ranking = match stage {
+            let ranked = match stage {
                 Stage::Pca { dims } => {
                     let p = Pca::fit(q.view(), dims)?;
                     q = p.transform(q.view())?;
                     g = p.transform(g.view())?;
-                    source = rank_euclidean(q.view(), g.view(), depth)?;
-                    source.clone()
+                    let r = euclid(&q, &g)?;
+                    source = r.ids.clone();
+                    r
                 }
                 Stage::GalleryDba { k } => {
                     g = gallery_dba(g.view(), k, self.dba_renormalise)?;
-                    source = rank_euclidean(q.view(), g.view(), depth)?;
-                    source.clone()
+                    let r = euclid(&q, &g)?;
+                    source = r.ids.clone();
+                    r
                 }
                 Stage::Kr { k1, k2, lambda } => {
                     let p = KrParams { k1, k2, lambda };
-                    source = k_reciprocal(q.view(), g.view(), &p, depth)?.ids;
-                    source.clone()
+                    let r = k_reciprocal(q.view(), g.view(), &p, depth)?;
+                    source = r.ids.clone();
+                    r
                 }
                 Stage::Aqe { k } => {
                     q = aqe(q.view(), g.view(), &source, k)?;
-                    rank_euclidean(q.view(), g.view(), depth)?
+                    euclid(&q, &g)?
                 }
                 Stage::AlphaQe { k, alpha } => {
                     q = alpha_qe(q.view(), g.view(), &source, k, alpha)?;
-                    rank_euclidean(q.view(), g.view(), depth)?
+                    euclid(&q, &g)?
                 }
                 Stage::QueryDba { k } => {
                     q = query_dba(q.view(), g.view(), &source, k, self.dba_renormalise)?;
-                    rank_euclidean(q.view(), g.view(), depth)?
+                    euclid(&q, &g)?
                 }
                 Stage::GalleryAqe { k } => {
                     g = gallery_aqe(g.view(), k)?;
-                    rank_euclidean(q.view(), g.view(), depth)?
+                    euclid(&q, &g)?
                 }
             };
             out.push(StageOutput {
                 stage: Some(stage),
-                ranking,
+                ranking: ranked.ids,
+                distances: ranked.dists,
             });
         }
         Ok(out)

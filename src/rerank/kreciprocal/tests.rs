@@ -1,4 +1,4 @@
-//! Reference KR and its tests. The reference indexes literally, as the spec reads.
+//! KR against the dense reference (`rerank::reference`), and its edge cases.
 #![allow(clippy::needless_range_loop)]
 
 use super::*;
@@ -6,101 +6,8 @@ use ndarray::{array, Array2};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// Dense f64 reference following the spec text literally. Returns, per
-/// query, every gallery item with D*, sorted by (D*, gallery index).
-pub(crate) fn reference_kr(
-    q: &Array2<f32>,
-    g: &Array2<f32>,
-    p: &KrParams,
-) -> Vec<Vec<(usize, f64)>> {
-    let x: Vec<Vec<f64>> = q
-        .rows()
-        .into_iter()
-        .chain(g.rows())
-        .map(|r| r.iter().map(|&v| v as f64).collect())
-        .collect();
-    let n = x.len();
-    let nq = q.nrows();
-    let mut dd = vec![vec![0.0f64; n]; n];
-    for i in 0..n {
-        for j in 0..n {
-            dd[i][j] = x[i].iter().zip(&x[j]).map(|(a, b)| (a - b) * (a - b)).sum();
-        }
-        let mx = dd[i].iter().cloned().fold(0.0, f64::max);
-        for j in 0..n {
-            dd[i][j] = if mx > 0.0 { dd[i][j] / mx } else { 0.0 };
-        }
-    }
-    // Rank: i first, then others by (D, index).
-    let order: Vec<Vec<usize>> = (0..n)
-        .map(|i| {
-            let mut o: Vec<usize> = (0..n).filter(|&j| j != i).collect();
-            o.sort_by(|&a, &b| dd[i][a].total_cmp(&dd[i][b]).then(a.cmp(&b)));
-            o.insert(0, i);
-            o
-        })
-        .collect();
-    let nn = |i: usize, k: usize| -> Vec<usize> { order[i][..(k + 1).min(n)].to_vec() };
-    let rr = |i: usize, k: usize| -> Vec<usize> {
-        nn(i, k)
-            .into_iter()
-            .filter(|&j| nn(j, k).contains(&i))
-            .collect()
-    };
-    let h = (p.k1 as f64 / 2.0).round_ties_even() as usize;
-    let mut v = vec![vec![0.0f64; n]; n];
-    for i in 0..n {
-        let r = rr(i, p.k1);
-        let mut star: Vec<usize> = r.clone();
-        for &c in &r {
-            let rc = rr(c, h);
-            let inter = rc.iter().filter(|x| r.contains(x)).count() as f64;
-            if inter > 2.0 / 3.0 * rc.len() as f64 {
-                star.extend(rc);
-            }
-        }
-        star.sort();
-        star.dedup();
-        let mut sum = 0.0;
-        for &l in &star {
-            sum += (-dd[i][l]).exp();
-        }
-        for &j in &star {
-            v[i][j] = (-dd[i][j]).exp() / sum;
-        }
-    }
-    if p.k2 > 1 {
-        let mut vq = vec![vec![0.0f64; n]; n];
-        for i in 0..n {
-            let ns = nn(i, p.k2 - 1);
-            for j in 0..n {
-                let mut s = 0.0;
-                for &m in &ns {
-                    s += v[m][j];
-                }
-                vq[i][j] = s / ns.len() as f64;
-            }
-        }
-        v = vq;
-    }
-    (0..nq)
-        .map(|qi| {
-            let mut out: Vec<(usize, f64)> = (0..g.nrows())
-                .map(|gi| {
-                    let gp = nq + gi;
-                    let mut m = 0.0;
-                    for j in 0..n {
-                        m += v[qi][j].min(v[gp][j]);
-                    }
-                    let dj = 1.0 - m / (2.0 - m);
-                    (gi, (1.0 - p.lambda) * dj + p.lambda * dd[qi][gp])
-                })
-                .collect();
-            out.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-            out
-        })
-        .collect()
-}
+/// The dense reference of spec section 3 (`rerank::reference::kr`).
+pub(crate) use crate::rerank::reference::kr as reference_kr;
 
 pub(crate) fn random(rng: &mut StdRng, n: usize, d: usize, int: bool) -> Array2<f32> {
     Array2::from_shape_fn((n, d), |_| {
