@@ -5,7 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LOOKALIKE_SKIP_BUILD=1 scripts/setup.sh
+# Dockerfile and Helm chart, checked by the real linters and Helm engine;
+# the chart's rendered server configs are parsed again by tests/ops.rs.
+export LOOKALIKE_DEPLOY_RENDERED=$PWD/target/deploy-check
+scripts/deploy-check.sh
 # timm references for the architecture parity tests (torch from PyPI, cached).
 LOOKALIKE_PARITY_DIR=${LOOKALIKE_PARITY_DIR:-$(scripts/parity-refs.sh)}
 export LOOKALIKE_PARITY_DIR
 cargo test --locked "$@"
+# OTLP trace export (the optional `otlp` feature) against a collector.
+cargo test --locked --features otlp --test otlp

@@ -24,6 +24,8 @@ pub enum LogFormat {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Admin HTTP port: /metrics and /healthz. Off when unset.
+    pub admin_listen: Option<SocketAddr>,
     /// Folder holding the gallery database.
     pub data_dir: PathBuf,
     /// Ensemble manifest (`models/<name>.toml`).
@@ -46,6 +48,9 @@ pub struct Config {
     pub post_processing: PostProcessingDefaults,
     /// Bounds on an item's metadata.
     pub metadata: MetadataLimits,
+    /// TLS on the gRPC port; plaintext when unset.
+    pub tls: Option<crate::security::TlsFiles>,
+    pub auth: crate::security::AuthConfig,
 }
 
 /// Server-side post-processing settings: gallery-side state (`dba`,
@@ -114,6 +119,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            admin_listen: None,
             data_dir: PathBuf::from("data"),
             model: PathBuf::from("models/default.toml"),
             ort_dylib: None,
@@ -127,6 +133,8 @@ impl Default for Config {
             index: HnswParams::default(),
             post_processing: PostProcessingDefaults::default(),
             metadata: MetadataLimits::default(),
+            tls: None,
+            auth: crate::security::AuthConfig::default(),
         }
     }
 }

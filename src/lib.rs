@@ -4,6 +4,7 @@
 //! [`rerank`] holds the post-processing stages, [`eval`] the metrics.
 //! Definitions of every stage: `shared/spec/retrieval-pipeline.md`.
 
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -13,4 +14,6 @@ pub mod gallery;
 pub mod index;
 pub mod model;
 pub mod rerank;
+pub mod security;
 pub mod store;
+pub mod telemetry;

@@ -11,6 +11,7 @@ use lookalike::config::{Config, LogFormat};
 use lookalike::embed::runtime::ProviderChoice;
 use lookalike::embed::Engine;
 use lookalike::gallery::Galleries;
+use lookalike::security::auth::ApiKeys;
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +47,11 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Check the server's health (grpc.health.v1); fails unless SERVING.
+    Health {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Parser)]
@@ -56,6 +62,9 @@ struct ServeArgs {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, env = "LOOKALIKE_LISTEN")]
     listen: Option<std::net::SocketAddr>,
+    /// Admin HTTP address: /metrics and /healthz (port 0 picks a free one).
+    #[arg(long, env = "LOOKALIKE_ADMIN_LISTEN")]
+    admin_listen: Option<std::net::SocketAddr>,
     /// Folder for the gallery database.
     #[arg(long, env = "LOOKALIKE_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -95,24 +104,38 @@ fn main() -> anyhow::Result<()> {
         Command::SearchBatch(args) => rt.block_on(cli::search_batch::run(args)),
         Command::Rm(args) => rt.block_on(cli::rm(args)),
         Command::Stats { client } => rt.block_on(cli::stats(client)),
+        Command::Health { client } => rt.block_on(cli::health(client)),
         Command::Model(cmd) => cli::model::run(cmd),
         Command::Eval(args) => rt.block_on(cli::eval::run(args)),
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr; with the `otlp` feature, spans also go to the OTLP
+/// collector when one is configured (dropping the returned guard flushes
+/// them).
+fn init_logging(format: LogFormat) -> anyhow::Result<Option<Box<dyn std::any::Any>>> {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour codes only on a terminal: a file or pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let fmt = match format {
+        LogFormat::Human => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    #[cfg(feature = "otlp")]
+    {
+        if let Some((layer, exporter)) = lookalike::telemetry::otlp::layer()? {
+            registry.with(layer).init();
+            return Ok(Some(Box::new(exporter)));
+        }
     }
+    registry.init();
+    Ok(None)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -122,6 +145,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     if let Some(v) = args.listen {
         cfg.listen = v;
+    }
+    if let Some(v) = args.admin_listen {
+        cfg.admin_listen = Some(v);
     }
     if let Some(v) = args.data_dir {
         cfg.data_dir = v;
@@ -140,7 +166,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cfg.log_format = v;
     }
     cfg.validate()?;
-    init_logging(cfg.log_format);
+    let _exporter = init_logging(cfg.log_format)?;
+    let keys = ApiKeys::load(&cfg.auth, |var| std::env::var(var).ok())?;
+    if keys.is_none() {
+        tracing::warn!("no API keys configured: every client may read and write");
+    }
 
     let engine = Engine::load(&cfg.model, &cfg.ort_dylib(), &cfg.embed)
         .with_context(|| format!("loading the model {}", cfg.model.display()))?;
@@ -172,10 +202,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         signalled.notify_one();
     };
     let galleries = Arc::new(galleries);
-    let (addr, server) =
-        lookalike::api::server::bind(&cfg, Arc::new(engine), galleries.clone(), shutdown).await?;
-    // Tests and scripts wait for this line to know the port.
-    tracing::info!(%addr, "listening");
+    let bound =
+        lookalike::api::server::bind(&cfg, Arc::new(engine), galleries.clone(), keys, shutdown)
+            .await?;
+    let (addr, server) = (bound.addr, bound.serve);
+    // Tests and scripts wait for these lines to know the ports; the
+    // admin line comes first.
+    if let Some(admin) = bound.admin_addr {
+        tracing::info!(%admin, "admin port listening");
+        println!("admin listening on {admin}");
+    }
+    tracing::info!(%addr, tls = cfg.tls.is_some(), "listening");
     println!("listening on {addr}");
     // A client that keeps its connection open must not hold the stop up
     // past the grace period.

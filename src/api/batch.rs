@@ -89,6 +89,7 @@ impl Batch {
         .map_err(|e| Status::internal(format!("worker task failed: {e}")))?;
         timings.push(("gallery_snapshot", more[0]));
         timings.push(("post_processing", more[1]));
+        crate::telemetry::observe_stages(&timings);
         let outputs = outputs.map_err(|e| match e {
             crate::rerank::RerankError::Empty { .. } => {
                 Status::failed_precondition(format!("gallery {:?} is empty", call.gallery.name()))

@@ -2,6 +2,7 @@
 //! mapping, and the server (with health and reflection).
 
 mod batch;
+pub mod health;
 mod ingest;
 mod search;
 pub mod server;

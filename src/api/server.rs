@@ -1,5 +1,7 @@
 //! Builds and runs the gRPC server: the Retrieval service, grpc.health.v1
-//! and server reflection, on one port, until a shutdown signal.
+//! and server reflection, on one port, until a shutdown signal; plus the
+//! admin HTTP port when configured. Every call passes the metrics layer,
+//! then the API-key check.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,11 +11,15 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use super::health::Health;
 use super::pb::{self, retrieval_server::RetrievalServer};
 use super::service::RetrievalService;
 use crate::config::Config;
 use crate::embed::Engine;
 use crate::gallery::Galleries;
+use crate::security::auth::{ApiKeys, AuthLayer};
+use crate::security::SecurityError;
+use crate::telemetry::{layer::MetricsLayer, metrics, request_id::RequestIdLayer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -26,32 +32,66 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    #[error("admin port failed: {0}")]
+    Admin(std::io::Error),
 }
 
-/// Binds `cfg.listen` (port 0 picks a free port) and returns the bound
-/// address with the future that serves until `shutdown` resolves; in-flight
-/// requests finish before it returns.
+/// A bound server: its addresses and the future that serves.
+pub struct Bound<F> {
+    pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub serve: F,
+}
+
+/// Binds `cfg.listen` (port 0 picks a free port) and `cfg.admin_listen`,
+/// and returns the bound addresses with the future that serves until
+/// `shutdown` resolves; in-flight requests finish before it returns.
+/// `keys` are the API keys (None: no authentication).
 pub async fn bind(
     cfg: &Config,
     engine: Arc<Engine>,
     galleries: Arc<Galleries>,
+    keys: Option<ApiKeys>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(SocketAddr, impl Future<Output = Result<(), ServeError>>), ServeError> {
+) -> Result<Bound<impl Future<Output = Result<(), ServeError>>>, ServeError> {
+    let bind_err = |addr| move |source| ServeError::Bind { addr, source };
     let listener = TcpListener::bind(cfg.listen)
         .await
-        .map_err(|source| ServeError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: cfg.listen,
-        source,
-    })?;
+        .map_err(bind_err(cfg.listen))?;
+    let addr = listener.local_addr().map_err(bind_err(cfg.listen))?;
 
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<RetrievalServer<RetrievalService>>()
-        .await;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::new(reporter).await;
+    health.follow_engine(engine.workers_ok());
+    let m = metrics();
+    m.provider
+        .with_label_values(&[engine.provider().name()])
+        .set(1);
+    m.build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), engine.fingerprint()])
+        .set(1);
+
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (admin_addr, admin_serve) = match cfg.admin_listen {
+        Some(at) => {
+            let admin = crate::admin::Admin {
+                engine: engine.clone(),
+                galleries: galleries.clone(),
+                health: health.clone(),
+            };
+            let stop = async move {
+                let _ = admin_stopped.await;
+            };
+            let (a, serve) = crate::admin::bind(at, admin, stop)
+                .await
+                .map_err(bind_err(at))?;
+            (Some(a), Some(serve))
+        }
+        None => (None, None),
+    };
+
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -59,25 +99,45 @@ pub async fn bind(
     let service = RetrievalServer::new(RetrievalService::new(engine, galleries, cfg))
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
+    let mut builder = Server::builder();
+    if let Some(files) = &cfg.tls {
+        builder = builder.tls_config(crate::security::tls::server_config(files)?)?;
+    }
+    let router = builder
+        .layer(RequestIdLayer)
+        .layer(MetricsLayer)
+        .layer(AuthLayer::new(keys))
+        .layer(tower::util::MapResponseLayer::new(remap_too_large))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service);
 
     let serve = async move {
+        let admin = admin_serve.map(tokio::spawn);
         let shutdown = async move {
             shutdown.await;
             // Load balancers see NOT_SERVING while in-flight calls drain.
-            health_reporter
-                .set_not_serving::<RetrievalServer<RetrievalService>>()
-                .await;
+            health.set(false, "shutting down").await;
         };
-        Server::builder()
-            .layer(tower::util::MapResponseLayer::new(remap_too_large))
-            .add_service(health)
-            .add_service(reflection)
-            .add_service(service)
+        let served = router
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-            .await?;
+            .await;
+        // The admin port reports NOT_SERVING until the gRPC port is done.
+        let _ = admin_stop.send(());
+        if let Some(task) = admin {
+            match task.await {
+                Ok(r) => r.map_err(ServeError::Admin)?,
+                Err(e) => return Err(ServeError::Admin(std::io::Error::other(e))),
+            }
+        }
+        served?;
         Ok(())
     };
-    Ok((addr, serve))
+    Ok(Bound {
+        addr,
+        admin_addr,
+        serve,
+    })
 }
 
 /// tonic answers an over-limit unary message with OUT_OF_RANGE in a

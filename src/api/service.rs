@@ -194,6 +194,7 @@ impl Retrieval for RetrievalService {
         })
         .await
         .map_err(blocking_failed)??;
+        crate::telemetry::observe_stages(&out.timings);
         timings.extend(out.timings.into_iter().map(|(stage, d)| pb::StageTiming {
             stage: stage.to_string(),
             micros: d.as_micros() as u64,

@@ -11,7 +11,7 @@ impl From<EmbedError> for Status {
         let code = match &e {
             EmbedError::Image(_) => Code::InvalidArgument,
             EmbedError::Overloaded(_) => Code::ResourceExhausted,
-            EmbedError::ShuttingDown => Code::Unavailable,
+            EmbedError::ShuttingDown | EmbedError::WorkerDied => Code::Unavailable,
             EmbedError::Manifest { .. } | EmbedError::Runtime(_) => Code::Internal,
         };
         if code == Code::Internal {

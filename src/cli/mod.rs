@@ -4,29 +4,25 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+pub mod connect;
 pub mod eval;
 pub mod eval_service;
 pub mod model;
 pub mod search_batch;
 
-use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
 use tonic::transport::Channel;
 
 use crate::api::pb::{
     self, add_item::Content, add_response::Kind, retrieval_client::RetrievalClient,
 };
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
 
-/// Where the server is.
+/// Where the server is, and the gallery.
 #[derive(clap::Args, Clone)]
 pub struct ClientArgs {
-    /// Server address.
-    #[arg(
-        long,
-        env = "LOOKALIKE_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub server: String,
+    #[command(flatten)]
+    pub connection: connect::Connection,
     /// Gallery to work on.
     #[arg(long, short, default_value = "default")]
     pub gallery: String,
@@ -64,18 +60,6 @@ pub struct RmArgs {
     pub ids: Vec<String>,
 }
 
-/// Messages up to this size are accepted from the server.
-const MAX_MESSAGE: usize = 64 << 20;
-
-pub async fn connect(server: &str) -> anyhow::Result<RetrievalClient<Channel>> {
-    let client = RetrievalClient::connect(server.to_string())
-        .await
-        .with_context(|| format!("connecting to {server} (is `lookalike serve` running?)"))?;
-    Ok(client
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE))
-}
-
 const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "bmp", "gif"];
 
 /// Image files under `paths`, sorted, folders walked recursively.
@@ -110,7 +94,7 @@ pub async fn add(args: AddArgs) -> anyhow::Result<()> {
     if files.is_empty() {
         bail!("no images (jpg, jpeg, png, webp, bmp, gif) under the given paths");
     }
-    let mut client = connect(&args.client.server).await?;
+    let mut client = args.client.connection.client().await?;
     match client
         .create_gallery(pb::CreateGalleryRequest {
             gallery: args.client.gallery.clone(),
@@ -185,7 +169,7 @@ pub async fn add(args: AddArgs) -> anyhow::Result<()> {
 pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
     let image =
         std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
-    let mut client = connect(&args.client.server).await?;
+    let mut client = args.client.connection.client().await?;
     let resp = client
         .search(pb::SearchRequest {
             gallery: args.client.gallery,
@@ -210,7 +194,7 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
 }
 
 pub async fn rm(args: RmArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.client.server).await?;
+    let mut client = args.client.connection.client().await?;
     let resp = client
         .remove_from_gallery(pb::RemoveRequest {
             gallery: args.client.gallery,
@@ -227,7 +211,7 @@ pub async fn rm(args: RmArgs) -> anyhow::Result<()> {
 }
 
 pub async fn stats(args: ClientArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.server).await?;
+    let mut client = args.connection.client().await?;
     let resp = client
         .list_galleries(pb::ListGalleriesRequest {})
         .await?
@@ -256,6 +240,36 @@ pub async fn stats(args: ClientArgs) -> anyhow::Result<()> {
                 n => format!(", {n} changes pending post-processing refresh"),
             }
         );
+    }
+    Ok(())
+}
+
+/// A plaintext client without a key (eval against a local server).
+pub async fn connect(server: &str) -> anyhow::Result<RetrievalClient<Channel>> {
+    let client = RetrievalClient::connect(server.to_string())
+        .await
+        .with_context(|| format!("connecting to {server} (is `lookalike serve` running?)"))?;
+    Ok(client
+        .max_decoding_message_size(connect::MAX_MESSAGE)
+        .max_encoding_message_size(connect::MAX_MESSAGE))
+}
+
+/// grpc.health.v1 Check of the Retrieval service: Ok only when SERVING.
+pub async fn health(args: ClientArgs) -> anyhow::Result<()> {
+    use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+    let mut client =
+        tonic_health::pb::health_client::HealthClient::new(args.connection.channel().await?);
+    let resp = client
+        .check(HealthCheckRequest {
+            service: crate::api::health::RETRIEVAL.into(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("health check failed: {}", s.message()))?
+        .into_inner();
+    let status = ServingStatus::try_from(resp.status).unwrap_or(ServingStatus::Unknown);
+    println!("{}", status.as_str_name());
+    if status != ServingStatus::Serving {
+        bail!("the server is not serving");
     }
     Ok(())
 }

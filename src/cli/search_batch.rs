@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use super::eval::StageArgs;
-use super::{connect, ClientArgs};
+use super::ClientArgs;
 use crate::api::pb::{self, batch_query::Query, search_batch_response::Kind};
 
 #[derive(clap::Args)]
@@ -75,7 +75,7 @@ pub async fn run(a: SearchBatchArgs) -> anyhow::Result<()> {
             queries,
         });
     }
-    let mut client = connect(&a.client.server).await?;
+    let mut client = a.client.connection.client().await?;
     let mut responses = client
         .search_batch(tokio_stream::iter(requests))
         .await

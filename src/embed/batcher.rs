@@ -12,9 +12,10 @@ use ndarray::{Array2, Array4};
 use ort::session::Session;
 use ort::value::Tensor;
 use ort::value::TensorElementType;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::EmbedError;
+use crate::telemetry::metrics;
 
 /// One image's input row for this backbone, and where to send its output.
 pub struct Job {
@@ -41,6 +42,7 @@ impl Batcher {
         sessions: Vec<Session>,
         input_size: usize,
         opts: BatchOptions,
+        workers_ok: watch::Sender<bool>,
     ) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let workers = sessions
@@ -48,9 +50,15 @@ impl Batcher {
             .enumerate()
             .map(|(i, session)| {
                 let rx = rx.clone();
+                let w = Worker {
+                    backbone: name.to_string(),
+                    size: input_size,
+                    opts,
+                    _alive: Alive(workers_ok.clone()),
+                };
                 std::thread::Builder::new()
                     .name(format!("embed-{name}-{i}"))
-                    .spawn(move || worker(session, rx, input_size, opts))
+                    .spawn(move || w.run(session, rx))
                     .expect("spawning an inference thread")
             })
             .collect();
@@ -76,32 +84,82 @@ impl Drop for Batcher {
     }
 }
 
-fn worker(mut session: Session, rx: Receiver<Job>, size: usize, opts: BatchOptions) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        let deadline = Instant::now() + opts.max_wait;
-        while batch.len() < opts.max_batch {
-            match rx.recv_deadline(deadline) {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+/// Reports a worker that dies by panic (a normal exit is shutdown).
+struct Alive(watch::Sender<bool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.send_replace(false);
         }
-        // A caller that gave up (client gone, deadline) costs nothing.
-        batch.retain(|j| !j.reply.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        match run_batch(&mut session, &batch, size) {
-            Ok(rows) => {
-                for (job, row) in batch.into_iter().zip(rows) {
-                    let _ = job.reply.send(Ok(row));
+    }
+}
+
+struct Worker {
+    backbone: String,
+    size: usize,
+    opts: BatchOptions,
+    _alive: Alive,
+}
+
+impl Worker {
+    fn run(self, mut session: Session, rx: Receiver<Job>) {
+        let (size, opts) = (self.size, self.opts);
+        let batch_sizes = metrics().batch_size.with_label_values(&[&self.backbone]);
+        let mut faults = fault::Countdown::from_env();
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            let deadline = Instant::now() + opts.max_wait;
+            while batch.len() < opts.max_batch {
+                match rx.recv_deadline(deadline) {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "inference failed");
-                for job in batch {
-                    let _ = job.reply.send(Err(EmbedError::Runtime(e.clone())));
+            // A caller that gave up (client gone, deadline) costs nothing.
+            batch.retain(|j| !j.reply.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
+            faults.tick();
+            batch_sizes.observe(batch.len() as f64);
+            match run_batch(&mut session, &batch, size) {
+                Ok(rows) => {
+                    for (job, row) in batch.into_iter().zip(rows) {
+                        let _ = job.reply.send(Ok(row));
+                    }
                 }
+                Err(e) => {
+                    tracing::error!(error = %e, "inference failed");
+                    for job in batch {
+                        let _ = job.reply.send(Err(EmbedError::Runtime(e.clone())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Debug builds only: `LOOKALIKE_FAULT_WORKER_PANIC_AFTER=N` makes each
+/// inference worker panic on its batch after N, so tests can check what
+/// a dead worker does to health. Release builds ignore it.
+mod fault {
+    pub struct Countdown(Option<u64>);
+
+    impl Countdown {
+        pub fn from_env() -> Self {
+            let n = cfg!(debug_assertions)
+                .then(|| std::env::var("LOOKALIKE_FAULT_WORKER_PANIC_AFTER").ok())
+                .flatten()
+                .and_then(|v| v.parse().ok());
+            Self(n)
+        }
+
+        pub fn tick(&mut self) {
+            match &mut self.0 {
+                Some(0) => panic!("injected inference worker fault"),
+                Some(n) => *n -= 1,
+                None => {}
             }
         }
     }

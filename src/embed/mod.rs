@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::index::distance::normalised;
+use crate::telemetry::metrics;
 use batcher::{BatchOptions, Batcher, Job};
 use manifest::LoadedManifest;
 use preprocess::{DecodeLimits, ImageError, InputSpec};
@@ -31,6 +32,8 @@ pub enum EmbedError {
     Overloaded(usize),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("an inference worker died; the server needs a restart")]
+    WorkerDied,
     #[error("model manifest {path}: {msg}")]
     Manifest { path: PathBuf, msg: String },
     #[error("inference error: {0}")]
@@ -98,6 +101,8 @@ pub struct Engine {
     limits: DecodeLimits,
     admission: Arc<Semaphore>,
     max_in_flight: usize,
+    /// False once an inference worker has died.
+    workers_ok: watch::Sender<bool>,
 }
 
 /// Time spent in each phase of one embedding, for per-stage timings.
@@ -128,6 +133,7 @@ impl Engine {
         };
         let mut members = Vec::new();
         let mut provider = Provider::Cuda;
+        let workers_ok = watch::Sender::new(true);
         for b in &m.manifest.backbones {
             let path = m.path_of(&b.onnx);
             let mut sessions = Vec::new();
@@ -140,7 +146,8 @@ impl Engine {
                 sessions.push(s);
             }
             tracing::info!(backbone = %b.name, provider = provider.name(), "model loaded");
-            let batcher = Batcher::start(&b.name, sessions, b.input_size, batch);
+            let batcher =
+                Batcher::start(&b.name, sessions, b.input_size, batch, workers_ok.clone());
             members.push(Member {
                 spec: manifest::input_spec(b),
                 dims: b.descriptor_dim,
@@ -165,6 +172,7 @@ impl Engine {
             limits: cfg.limits,
             admission: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
             max_in_flight: cfg.max_in_flight.max(1),
+            workers_ok,
         })
     }
 
@@ -184,26 +192,48 @@ impl Engine {
         &self.limits
     }
 
+    /// Turns false, for good, when an inference worker dies.
+    pub fn workers_ok(&self) -> watch::Receiver<bool> {
+        self.workers_ok.subscribe()
+    }
+
+    /// Images admitted and not yet embedded.
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight - self.admission.available_permits()
+    }
+
     /// Embeds one image: the L2-normalised ensemble descriptor.
     pub async fn embed(&self, bytes: Vec<u8>) -> Result<(Vec<f32>, EmbedTimings), EmbedError> {
-        let _permit = self
-            .admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| EmbedError::Overloaded(self.max_in_flight))?;
+        if !*self.workers_ok.borrow() {
+            return Err(EmbedError::WorkerDied);
+        }
+        let _permit = self.admission.clone().try_acquire_owned().map_err(|_| {
+            metrics().refusals.inc();
+            EmbedError::Overloaded(self.max_in_flight)
+        })?;
         let started = Instant::now();
         let specs: Vec<InputSpec> = self.members.iter().map(|m| m.spec.clone()).collect();
         let limits = self.limits;
+        // Stage spans (debug level) under the caller's request span.
+        let request = tracing::Span::current();
         let inputs = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<f32>>, EmbedError> {
+            let t = Instant::now();
+            let span = tracing::debug_span!(parent: &request, "decode").entered();
             let img = preprocess::decode(&bytes, &limits)?;
-            specs
+            drop(span);
+            metrics().observe_stage("decode", t.elapsed());
+            let t = Instant::now();
+            let _span = tracing::debug_span!(parent: &request, "preprocess").entered();
+            let rows = specs
                 .iter()
                 .map(|s| {
                     let mut row = vec![0.0; s.values()];
                     preprocess::write_input(&img, s, &mut row)?;
                     Ok(row)
                 })
-                .collect()
+                .collect();
+            metrics().observe_stage("preprocess", t.elapsed());
+            rows
         })
         .await
         .map_err(|e| EmbedError::Runtime(format!("preprocessing task failed: {e}")))??;
@@ -227,6 +257,8 @@ impl Engine {
             }
             parts.push(out);
         }
+        // Queueing for a batch included: what a caller waits for.
+        metrics().observe_stage("inference", decoded.elapsed());
         let descriptor = self.combine(parts)?;
         let timings = EmbedTimings {
             decode: decoded - started,

@@ -401,6 +401,9 @@ impl Gallery {
         }
         *self.post.write() = Some(Arc::new(snap));
         self.stale.fetch_sub(stale_at, Ordering::AcqRel);
+        crate::telemetry::metrics()
+            .refresh_seconds
+            .observe(t.elapsed().as_secs_f64());
         tracing::info!(gallery = %self.name, items = items.len(), generation,
             reindexed = changed.len(), ms = t.elapsed().as_millis() as u64,
             "post-processing refreshed");

@@ -249,6 +249,9 @@ impl AnnIndex {
 }
 
 fn build(p: &HnswParams, items: &[(u64, Vector)]) -> Graph {
+    let _timer = crate::telemetry::metrics()
+        .index_build_seconds
+        .start_timer();
     let graph = Hnsw::new(
         p.m,
         items.len().max(1024),

@@ -91,12 +91,19 @@ pub fn read_image(rel: &str) -> Vec<u8> {
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// The admin HTTP port, when the config sets `admin_listen`.
+    pub admin: Option<String>,
 }
 
 impl Server {
     /// Starts the server on `data_dir` with extra config TOML, and waits for
     /// its "listening on" line (the port is chosen by the OS).
     pub fn start(data_dir: &Path, extra_config: &str) -> Self {
+        Self::start_with_env(data_dir, extra_config, &[])
+    }
+
+    /// `start` with extra environment variables for the server process.
+    pub fn start_with_env(data_dir: &Path, extra_config: &str, env: &[(&str, &str)]) -> Self {
         let config = data_dir.with_extension("toml");
         std::fs::write(&config, extra_config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
@@ -110,14 +117,19 @@ impl Server {
             .arg("--ort-dylib")
             .arg(ort_dylib())
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
+        let mut admin = None;
         let addr = loop {
             match lines.next() {
                 Some(Ok(line)) => {
+                    if let Some(a) = line.strip_prefix("admin listening on ") {
+                        admin = Some(a.to_string());
+                    }
                     if let Some(a) = line.strip_prefix("listening on ") {
                         break a.to_string();
                     }
@@ -125,7 +137,7 @@ impl Server {
                 _ => panic!("server exited before listening: {:?}", child.wait()),
             }
         };
-        Self { child, addr }
+        Self { child, addr, admin }
     }
 
     pub async fn client(&self) -> RetrievalClient<Channel> {
@@ -144,14 +156,29 @@ impl Server {
             .unwrap();
     }
 
-    fn stop_blocking(mut self) {
+    /// Sends SIGTERM, as Kubernetes does, without waiting.
+    pub fn terminate(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success(), "kill -TERM failed");
+    }
+
+    fn stop_blocking(mut self) {
+        self.terminate();
         let exit = self.child.wait().unwrap();
         assert!(exit.success(), "server exited with {exit}");
+    }
+
+    /// After `terminate`: waits for a clean exit.
+    pub async fn stop_after_terminate(mut self) {
+        tokio::task::spawn_blocking(move || {
+            let exit = self.child.wait().unwrap();
+            assert!(exit.success(), "server exited with {exit}");
+        })
+        .await
+        .unwrap();
     }
 
     pub fn kill(mut self) {

@@ -1,0 +1,125 @@
+{{- define "lookalike.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "lookalike.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "lookalike.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lookalike.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "lookalike.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "lookalike.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "lookalike.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "lookalike.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "lookalike.image" -}}
+{{- $flavour := ternary "cuda" "cpu" .Values.gpu.enabled }}
+{{- $tag := default (printf "%s-%s" .Chart.AppVersion $flavour) .Values.image.tag }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+
+{{/* The port of a "host:port" address, as a number. */}}
+{{- define "lookalike.port" -}}
+{{- $parts := splitList ":" . }}
+{{- if lt (len $parts) 2 }}
+{{- fail (printf "address %q has no port" .) }}
+{{- end }}
+{{- last $parts | atoi }}
+{{- end }}
+
+{{- define "lookalike.grpcPort" -}}
+{{- include "lookalike.port" .Values.config.listen }}
+{{- end }}
+
+{{- define "lookalike.adminPort" -}}
+{{- include "lookalike.port" .Values.config.admin_listen }}
+{{- end }}
+
+{{- define "lookalike.tlsDir" -}}/etc/lookalike/tls{{- end }}
+{{- define "lookalike.keysDir" -}}/etc/lookalike/api-keys{{- end }}
+
+{{- define "lookalike.apiKeysSecret" -}}
+{{- default (printf "%s-api-keys" (include "lookalike.fullname" .)) .Values.apiKeys.existingSecret }}
+{{- end }}
+
+{{/*
+The config the server runs with: .Values.config plus what the chart's own
+settings imply (GPU provider, TLS files, API-key folder).
+*/}}
+{{- define "lookalike.config" -}}
+{{- $cfg := deepCopy .Values.config }}
+{{- if .Values.gpu.enabled }}
+{{- $embed := default dict (get $cfg "embed") }}
+{{- $_ := set $embed "provider" "cuda" }}
+{{- $_ := set $embed "require_gpu" true }}
+{{- $_ := set $cfg "embed" $embed }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+{{- $dir := include "lookalike.tlsDir" . }}
+{{- $tls := dict "cert" (printf "%s/tls.crt" $dir) "key" (printf "%s/tls.key" $dir) }}
+{{- if .Values.tls.clientAuth }}
+{{- $_ := set $tls "client_ca" (printf "%s/ca.crt" $dir) }}
+{{- end }}
+{{- $_ := set $cfg "tls" $tls }}
+{{- end }}
+{{- if .Values.apiKeys.enabled }}
+{{- $_ := set $cfg "auth" (dict "keys_dir" (include "lookalike.keysDir" .)) }}
+{{- end }}
+{{- toJson $cfg }}
+{{- end }}
+
+{{/*
+TOML from a map. Helm reads YAML numbers as float64 and its toToml writes
+50051 as 50051.0, which the server's integer keys reject; integral numbers
+are written as integers here (float keys accept them).
+*/}}
+{{- define "lookalike.tomlValue" -}}
+{{- if kindIs "string" . }}{{ toJson . }}
+{{- else if kindIs "bool" . }}{{ . }}
+{{- else if kindIs "float64" . }}{{ if eq . (floor .) }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
+{{- else if kindIs "slice" . }}[{{ range $i, $v := . }}{{ if $i }}, {{ end }}{{ include "lookalike.tomlValue" $v }}{{ end }}]
+{{- else }}{{ . }}
+{{- end }}
+{{- end }}
+
+{{- define "lookalike.tomlTable" -}}
+{{- $prefix := .prefix }}
+{{- range $k, $v := .table }}
+{{- if not (kindIs "map" $v) }}
+{{ $k }} = {{ include "lookalike.tomlValue" $v }}
+{{- end }}
+{{- end }}
+{{- range $k, $v := .table }}
+{{- if kindIs "map" $v }}
+[{{ $prefix }}{{ $k }}]
+{{- include "lookalike.tomlTable" (dict "prefix" (printf "%s%s." $prefix $k) "table" $v) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "lookalike.toml" -}}
+{{- include "lookalike.tomlTable" (dict "prefix" "" "table" (include "lookalike.config" . | fromJson)) }}
+{{- end }}

@@ -1,0 +1,82 @@
+//! The admin HTTP port (`admin_listen`): Prometheus metrics at /metrics
+//! and HTTP health at /healthz (200 SERVING, 503 NOT_SERVING), for
+//! scrapers and for probes where the gRPC port speaks TLS.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::api::health::Health;
+use crate::embed::Engine;
+use crate::gallery::Galleries;
+use crate::telemetry::metrics;
+
+#[derive(Clone)]
+pub struct Admin {
+    pub engine: Arc<Engine>,
+    pub galleries: Arc<Galleries>,
+    pub health: Health,
+}
+
+/// Binds `addr` and returns the bound address with the future that serves
+/// until `shutdown` resolves.
+pub async fn bind(
+    addr: SocketAddr,
+    admin: Admin,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(healthz))
+        .with_state(admin);
+    let serve = async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    };
+    Ok((bound, serve))
+}
+
+async fn healthz(State(a): State<Admin>) -> impl IntoResponse {
+    if a.health.is_serving() {
+        (StatusCode::OK, "SERVING\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+    }
+}
+
+async fn scrape(State(a): State<Admin>) -> impl IntoResponse {
+    let m = metrics();
+    m.queue_depth.set(a.engine.in_flight() as i64);
+    // Rebuilt each scrape so dropped galleries disappear.
+    m.gallery_items.reset();
+    m.gallery_stale_items.reset();
+    m.gallery_tombstones.reset();
+    for g in a.galleries.list() {
+        let s = g.stats();
+        let name = [s.name.as_str()];
+        m.gallery_items.with_label_values(&name).set(s.count as i64);
+        m.gallery_stale_items
+            .with_label_values(&name)
+            .set(s.stale_items as i64);
+        m.gallery_tombstones
+            .with_label_values(&name)
+            .set(s.tombstones as i64);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
+}

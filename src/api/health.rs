@@ -1,0 +1,59 @@
+//! What the server reports as its health, in one place: grpc.health.v1
+//! (the overall "" entry and `lookalike.v1.Retrieval`) and the admin
+//! port's /healthz read the same state. NOT_SERVING as soon as shutdown
+//! starts, and when an inference worker dies (the engine cannot recover
+//! without a restart, so the pod should leave the load balancer and be
+//! restarted rather than answer errors).
+
+use tokio::sync::watch;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+/// The service name probes and clients check.
+pub const RETRIEVAL: &str = "lookalike.v1.Retrieval";
+
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    serving: watch::Sender<bool>,
+}
+
+impl Health {
+    pub async fn new(reporter: HealthReporter) -> Self {
+        let h = Self {
+            reporter,
+            serving: watch::Sender::new(true),
+        };
+        h.set(true, "started").await;
+        h
+    }
+
+    pub async fn set(&self, serving: bool, why: &str) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in ["", RETRIEVAL] {
+            self.reporter.set_service_status(service, status).await;
+        }
+        if self.serving.send_replace(serving) != serving {
+            tracing::info!(serving, why, "health changed");
+        }
+    }
+
+    pub fn is_serving(&self) -> bool {
+        *self.serving.borrow()
+    }
+
+    /// Turns NOT_SERVING for good once the engine reports a dead worker.
+    pub fn follow_engine(&self, mut engine_ok: watch::Receiver<bool>) {
+        let health = self.clone();
+        tokio::spawn(async move {
+            if engine_ok.wait_for(|ok| !ok).await.is_ok() {
+                tracing::error!("an inference worker died; reporting NOT_SERVING");
+                health.set(false, "inference worker died").await;
+            }
+        });
+    }
+}

@@ -1,0 +1,159 @@
+//! The server's Prometheus metrics, in one process-wide registry (the
+//! `prometheus` crate writes the text format). Request metrics come from
+//! the tower layer in [`super::layer`]; the engine, index and galleries
+//! record their own; gallery gauges are read when /metrics is scraped.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// gRPC calls by service, method and final status code.
+    pub requests: IntCounterVec,
+    /// Whole-call latency by service and method (streams: until the last message).
+    pub request_seconds: HistogramVec,
+    /// Per-stage latency: decode, preprocess, inference, search, post-processing stages.
+    pub stage_seconds: HistogramVec,
+    /// Images per inference batch, by backbone.
+    pub batch_size: HistogramVec,
+    /// Images admitted and not yet embedded (decoding, queued or running).
+    pub queue_depth: IntGauge,
+    /// Images refused because the admission queue was full.
+    pub refusals: IntCounter,
+    pub gallery_items: IntGaugeVec,
+    pub gallery_stale_items: IntGaugeVec,
+    pub gallery_tombstones: IntGaugeVec,
+    /// Post-processing refreshes (neighbour lists, DBA) and their duration.
+    pub refresh_seconds: Histogram,
+    /// HNSW graph builds and their duration.
+    pub index_build_seconds: Histogram,
+    /// 1 for the provider the engine runs on.
+    pub provider: IntGaugeVec,
+    /// 1, labelled with the version and the model fingerprint.
+    pub build_info: IntGaugeVec,
+}
+
+/// 0.5 ms .. ~65 s, doubling.
+fn latency_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0005, 2.0, 18).expect("valid bucket layout")
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new_custom(Some("lookalike".into()), None)?;
+    let m = Metrics {
+        requests: IntCounterVec::new(
+            Opts::new(
+                "grpc_requests_total",
+                "gRPC calls by method and status code",
+            ),
+            &["service", "method", "code"],
+        )?,
+        request_seconds: HistogramVec::new(
+            HistogramOpts::new("grpc_request_duration_seconds", "gRPC call latency")
+                .buckets(latency_buckets()),
+            &["service", "method"],
+        )?,
+        stage_seconds: HistogramVec::new(
+            HistogramOpts::new("stage_duration_seconds", "Time per pipeline stage")
+                .buckets(latency_buckets()),
+            &["stage"],
+        )?,
+        batch_size: HistogramVec::new(
+            HistogramOpts::new("embed_batch_size", "Images per inference batch")
+                .buckets(prometheus::exponential_buckets(1.0, 2.0, 10)?),
+            &["backbone"],
+        )?,
+        queue_depth: IntGauge::new("embed_queue_depth", "Images admitted and not yet embedded")?,
+        refusals: IntCounter::new(
+            "embed_admission_refusals_total",
+            "Images refused with RESOURCE_EXHAUSTED because the queue was full",
+        )?,
+        gallery_items: IntGaugeVec::new(
+            Opts::new("gallery_items", "Items per gallery"),
+            &["gallery"],
+        )?,
+        gallery_stale_items: IntGaugeVec::new(
+            Opts::new(
+                "gallery_stale_items",
+                "Changes not yet reflected in post-processing state",
+            ),
+            &["gallery"],
+        )?,
+        gallery_tombstones: IntGaugeVec::new(
+            Opts::new(
+                "gallery_index_tombstones",
+                "Removed points still in the graph",
+            ),
+            &["gallery"],
+        )?,
+        refresh_seconds: Histogram::with_opts(
+            HistogramOpts::new(
+                "post_processing_refresh_duration_seconds",
+                "Post-processing refreshes (neighbour lists, DBA vectors)",
+            )
+            .buckets(latency_buckets()),
+        )?,
+        index_build_seconds: Histogram::with_opts(
+            HistogramOpts::new("index_build_duration_seconds", "HNSW graph builds")
+                .buckets(latency_buckets()),
+        )?,
+        provider: IntGaugeVec::new(
+            Opts::new(
+                "execution_provider",
+                "The ONNX Runtime execution provider in use",
+            ),
+            &["provider"],
+        )?,
+        build_info: IntGaugeVec::new(
+            Opts::new("build_info", "Version and model of this server"),
+            &["version", "model_fingerprint"],
+        )?,
+        registry,
+    };
+    let r = &m.registry;
+    r.register(Box::new(m.requests.clone()))?;
+    r.register(Box::new(m.request_seconds.clone()))?;
+    r.register(Box::new(m.stage_seconds.clone()))?;
+    r.register(Box::new(m.batch_size.clone()))?;
+    r.register(Box::new(m.queue_depth.clone()))?;
+    r.register(Box::new(m.refusals.clone()))?;
+    r.register(Box::new(m.gallery_items.clone()))?;
+    r.register(Box::new(m.gallery_stale_items.clone()))?;
+    r.register(Box::new(m.gallery_tombstones.clone()))?;
+    r.register(Box::new(m.refresh_seconds.clone()))?;
+    r.register(Box::new(m.index_build_seconds.clone()))?;
+    r.register(Box::new(m.provider.clone()))?;
+    r.register(Box::new(m.build_info.clone()))?;
+    Ok(m)
+}
+
+static METRICS: LazyLock<Metrics> =
+    LazyLock::new(|| build().expect("metric names and labels are static and valid"));
+
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    pub fn observe_stage(&self, stage: &str, d: Duration) {
+        self.stage_seconds
+            .with_label_values(&[stage])
+            .observe(d.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Writing into a Vec fails only on a malformed family, which
+        // `build` rules out.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
