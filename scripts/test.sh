@@ -8,4 +8,6 @@ LOOKALIKE_SKIP_BUILD=1 scripts/setup.sh
 # timm references for the architecture parity tests (torch from PyPI, cached).
 LOOKALIKE_PARITY_DIR=${LOOKALIKE_PARITY_DIR:-$(scripts/parity-refs.sh)}
 export LOOKALIKE_PARITY_DIR
-cargo test --locked "$@"
+# libtorch (the same venv) for the trainer and its tests, feature `train`.
+eval "$(scripts/train-setup.sh)"
+cargo test --locked --features train "$@"
