@@ -239,6 +239,15 @@ pub fn train(cfg: Option<&TrainConfig>, run: &Path, limits: Limits) -> Result<Su
     // Fresh head and class-centre values come from torch's generator: seed it first.
     tch::manual_seed(mix(&[cfg.seed, 0]) as i64 & i64::MAX);
     let model = params::init(cfg.arch, &head, pretrained(&cfg)?, &cfg.freeze)?;
+    let r = &model.report;
+    tracing::info!(
+        fresh = r.missing.len(),
+        unused = r.unexpected.len(),
+        "initial weights: {} keys not in the checkpoint (initialised fresh: {}), {} checkpoint keys unused",
+        r.missing.len(),
+        r.missing.join(", "),
+        r.unexpected.len()
+    );
     if !resume {
         write_json(
             &run.join("init.json"),
