@@ -21,5 +21,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_protos(&["proto/lookalike/v1/retrieval.proto"], &["proto"])?;
 
     prost_build::Config::new().compile_protos(&["proto/onnx/onnx.proto"], &["proto"])?;
+
+    // Feature `train`: torch-sys (links = "tch") reports libtorch's folder;
+    // binaries and tests that use it find it at run time without LD_LIBRARY_PATH.
+    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    }
     Ok(())
 }

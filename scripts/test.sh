@@ -12,6 +12,8 @@ scripts/deploy-check.sh
 # timm references for the architecture parity tests (torch from PyPI, cached).
 LOOKALIKE_PARITY_DIR=${LOOKALIKE_PARITY_DIR:-$(scripts/parity-refs.sh)}
 export LOOKALIKE_PARITY_DIR
-cargo test --locked "$@"
+# libtorch (the same venv) for the trainer and its tests, feature `train`.
+eval "$(scripts/train-setup.sh)"
+cargo test --locked --features train "$@"
 # OTLP trace export (the optional `otlp` feature) against a collector.
 cargo test --locked --features otlp --test otlp

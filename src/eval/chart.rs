@@ -18,7 +18,7 @@ use plotters::style::{register_font, FontStyle};
 use super::metrics::Metrics;
 
 /// Family name the embedded font is registered under.
-const FONT: &str = "sans-serif";
+pub const FONT: &str = "sans-serif";
 const HEIGHT: u32 = 540;
 /// Rough advance of one label character at the axis font size, to make
 /// room for the longest stage name.
@@ -43,8 +43,8 @@ fn draw_err<E: std::fmt::Display>(e: E) -> ChartError {
     ChartError::Draw(e.to_string())
 }
 
-/// plotters' font table is global: register once per process.
-fn ensure_font() -> Result<(), ChartError> {
+/// plotters' font table is global: register once per process (also the trainer's charts).
+pub fn ensure_font() -> Result<(), ChartError> {
     static DONE: OnceLock<bool> = OnceLock::new();
     let ok = *DONE.get_or_init(|| {
         register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok()

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::arch::Arch;
 use crate::model::error::{ModelError, Result};
+use crate::model::forward::{forward, Forward};
 use crate::model::graph::{encode, Dim, Elem};
 use crate::model::head::HeadConfig;
 use crate::model::onnx_ops::OnnxOps;
@@ -211,9 +212,10 @@ pub fn build_model(
     let x = ops.cast(&x, compute);
 
     let root = VarPath::root();
-    let feats = arch.features(&mut ops, &x, &root)?;
-    let feats = ops.full_precision(&feats)?;
-    let desc = head.build(&mut ops, &feats, &root.pp("head"))?;
+    let Forward {
+        features: feats,
+        descriptor: desc,
+    } = forward(&mut ops, arch, &head, &x)?;
     let dim = head.descriptor_dim(arch.feature_channels());
     let desc = ops.cast(&desc, io);
     ops.identity_into(&desc, OUTPUT_NAME);

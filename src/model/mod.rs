@@ -5,6 +5,7 @@ pub mod arch;
 pub mod bn_fold;
 pub mod error;
 pub mod export;
+pub mod forward;
 pub mod graph;
 pub mod head;
 pub mod inspect;

@@ -1,6 +1,6 @@
 //! The tensor-op vocabulary architectures are written in. Implemented by the ONNX
-//! graph builder (`onnx_ops`) and the parameter-spec collector (`spec_ops`); a tch
-//! backend for training implements the same trait later. Parameters are addressed by
+//! graph builder (`onnx_ops`), the parameter-spec collector (`spec_ops`) and, for
+//! training, tch (`tch_ops`, feature `train`). Parameters are addressed by
 //! `VarPath` so names equal PyTorch state_dict keys.
 use crate::model::error::Result;
 use crate::model::vars::VarPath;
@@ -144,6 +144,12 @@ pub trait Ops {
     ) -> Result<Self::Tensor>;
     /// x / max(||x||_2, eps) along dim 1 of [N,D].
     fn l2_normalize(&mut self, x: &Self::Tensor, eps: f32) -> Result<Self::Tensor>;
+    /// Stochastic depth on a residual branch: during training a backend drops whole
+    /// samples with a probability growing linearly with `depth` (the block's position in
+    /// [0, 1)) and rescales the rest. Inference backends: identity.
+    fn drop_path(&mut self, x: &Self::Tensor, _depth: f32) -> Result<Self::Tensor> {
+        Ok(x.clone())
+    }
     /// Everything computed from the result runs in f32 (a no-op for f32 backends);
     /// used so the retrieval head of an FP16 export cannot overflow.
     fn full_precision(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;

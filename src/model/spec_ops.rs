@@ -2,6 +2,7 @@
 //! parameter vs buffer): expected key sets, parameter counts, and later tch initialisation.
 use crate::model::arch::Arch;
 use crate::model::error::Result;
+use crate::model::forward::forward;
 use crate::model::head::HeadConfig;
 use crate::model::ops::{Activation, Conv2d, GlobalPool, Ops, Padding, Pool2d};
 use crate::model::vars::{ParamKind, VarPath};
@@ -120,11 +121,9 @@ impl Ops for SpecOps {
 /// ImageNet classifier), in build order: the key set a tch trainer must create.
 pub fn parameter_specs(arch: Arch, head: &HeadConfig, classifier: bool) -> Result<Vec<ParamSpec>> {
     let mut ops = SpecOps::default();
-    let root = VarPath::root();
-    let feats = arch.features(&mut ops, &3, &root)?;
-    head.build(&mut ops, &feats, &root.pp("head"))?;
+    let out = forward(&mut ops, arch, head, &3)?;
     if classifier {
-        arch.classifier(&mut ops, &feats, &root)?;
+        arch.classifier(&mut ops, &out.features, &VarPath::root())?;
     }
     Ok(ops.specs)
 }

@@ -99,11 +99,25 @@ impl Server {
     /// Starts the server on `data_dir` with extra config TOML, and waits for
     /// its "listening on" line (the port is chosen by the OS).
     pub fn start(data_dir: &Path, extra_config: &str) -> Self {
-        Self::start_with_env(data_dir, extra_config, &[])
+        Self::start_full(data_dir, extra_config, default_manifest(), &[])
     }
 
     /// `start` with extra environment variables for the server process.
     pub fn start_with_env(data_dir: &Path, extra_config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_full(data_dir, extra_config, default_manifest(), env)
+    }
+
+    /// Like `start`, serving the model of another manifest.
+    pub fn start_with(data_dir: &Path, extra_config: &str, manifest: &Path) -> Self {
+        Self::start_full(data_dir, extra_config, manifest, &[])
+    }
+
+    fn start_full(
+        data_dir: &Path,
+        extra_config: &str,
+        manifest: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let config = data_dir.with_extension("toml");
         std::fs::write(&config, extra_config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
@@ -113,7 +127,7 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--model")
-            .arg(default_manifest())
+            .arg(manifest)
             .arg("--ort-dylib")
             .arg(ort_dylib())
             .env("RUST_LOG", "warn")

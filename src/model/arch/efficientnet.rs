@@ -84,6 +84,7 @@ impl EfficientNetLite {
         s: &Stage,
         in_ch: usize,
         stride: usize,
+        depth: f32,
     ) -> Result<O::Tensor> {
         let mid = in_ch * s.expand;
         let mut y = x.clone();
@@ -109,6 +110,7 @@ impl EfficientNetLite {
             Activation::Identity,
         )?;
         if stride == 1 && in_ch == s.out_ch {
+            y = ops.drop_path(&y, depth)?;
             y = ops.add(&y, x)?;
         }
         Ok(y)
@@ -119,6 +121,7 @@ impl EfficientNetLite {
         let stem = Conv2d::new(self.stem, 3).stride(2);
         let mut y = Self::conv_bn_act(ops, x, &vp.pp("_conv_stem"), &vp.pp("_bn0"), stem, ACT)?;
         let blocks = vp.pp("_blocks");
+        let total: usize = self.stages.iter().map(|s| s.repeats).sum();
         let mut idx = 0;
         for s in &self.stages {
             for r in 0..s.repeats {
@@ -127,7 +130,8 @@ impl EfficientNetLite {
                 } else {
                     (s.out_ch, 1)
                 };
-                y = Self::mbconv(ops, &y, &blocks.pp(idx), s, in_ch, stride)?;
+                let depth = idx as f32 / total as f32;
+                y = Self::mbconv(ops, &y, &blocks.pp(idx), s, in_ch, stride, depth)?;
                 idx += 1;
             }
         }
