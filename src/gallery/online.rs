@@ -56,8 +56,10 @@ pub fn search(
 ) -> Result<Outcome, OnlineError> {
     let mut timings = Vec::new();
     let mut stages = Vec::new();
+    // One snapshot for the whole request, so both uses agree.
+    let snapshot = g.post_snapshot();
     // The index holds DBA vectors once a refresh has computed them.
-    if g.post_config().dba && g.post_snapshot().is_some_and(|s| s.dba.is_some()) {
+    if g.post_config().dba && snapshot.as_ref().is_some_and(|s| s.dba.is_some()) {
         stages.push("dba");
     }
     let want = if plan.kr.is_some() {
@@ -107,13 +109,10 @@ pub fn search(
         // refresh after a write has run (GalleryStats.stale_items), a
         // shortlist holding an item added since is answered without KR,
         // so that a fresh item is never hidden; `stages` says so.
-        let snap = g.post_snapshot().filter(|s| {
-            s.neighbours.is_some() && hits.iter().all(|h| s.row_of.contains_key(&h.seq))
-        });
-        if let Some((snap, nb)) = snap
-            .as_ref()
-            .and_then(|s| Some((s, s.neighbours.as_ref()?)))
-        {
+        let snap = snapshot
+            .as_deref()
+            .filter(|s| hits.iter().all(|h| s.row_of.contains_key(&h.seq)));
+        if let Some((snap, nb)) = snap.and_then(|s| Some((s, s.neighbours.as_ref()?))) {
             let mut by_row: HashMap<usize, Hit> = HashMap::new();
             for h in hits.drain(..) {
                 if let Some(&row) = snap.row_of.get(&h.seq) {
