@@ -1,8 +1,10 @@
 //! Dynamic batching for one backbone: requests from concurrent callers are
 //! gathered into batches (up to `max_batch`, waiting at most `max_wait`
-//! for more) and run by a pool of worker threads, each owning its own
-//! session. Inference never runs on the async executor.
+//! for more while other admitted images are still on their way) and run
+//! by a pool of worker threads, each owning its own session. Inference
+//! never runs on the async executor.
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,7 @@ use ndarray::{Array2, Array4};
 use ort::session::Session;
 use ort::value::Tensor;
 use ort::value::TensorElementType;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Semaphore};
 
 use super::EmbedError;
 use crate::telemetry::metrics;
@@ -29,6 +31,26 @@ pub struct BatchOptions {
     pub max_wait: Duration,
 }
 
+/// The engine's admission: how many images are admitted and unanswered.
+#[derive(Clone)]
+pub struct Admission {
+    pub permits: Arc<Semaphore>,
+    pub max: usize,
+}
+
+impl Admission {
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.max - self.permits.available_permits()
+    }
+}
+
 pub struct Batcher {
     tx: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
@@ -42,6 +64,7 @@ impl Batcher {
         sessions: Vec<Session>,
         input_size: usize,
         opts: BatchOptions,
+        admission: Admission,
         workers_ok: watch::Sender<bool>,
     ) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
@@ -54,6 +77,7 @@ impl Batcher {
                     backbone: name.to_string(),
                     size: input_size,
                     opts,
+                    admission: admission.clone(),
                     _alive: Alive(workers_ok.clone()),
                 };
                 std::thread::Builder::new()
@@ -99,6 +123,7 @@ struct Worker {
     backbone: String,
     size: usize,
     opts: BatchOptions,
+    admission: Admission,
     _alive: Alive,
 }
 
@@ -111,6 +136,15 @@ impl Worker {
             let mut batch = vec![first];
             let deadline = Instant::now() + opts.max_wait;
             while batch.len() < opts.max_batch {
+                if let Ok(job) = rx.try_recv() {
+                    batch.push(job);
+                    continue;
+                }
+                // Nothing else admitted: a lone request runs at once (the
+                // wait cost one-at-a-time callers max_wait each).
+                if self.admission.in_flight() <= batch.len() {
+                    break;
+                }
                 match rx.recv_deadline(deadline) {
                     Ok(job) => batch.push(job),
                     Err(_) => break,

@@ -11,15 +11,14 @@ pub mod preprocess;
 pub mod runtime;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch};
 
 use crate::index::distance::normalised;
 use crate::telemetry::metrics;
-use batcher::{BatchOptions, Batcher, Job};
+use batcher::{Admission, BatchOptions, Batcher, Job};
 use manifest::LoadedManifest;
 use preprocess::{DecodeLimits, ImageError, InputSpec};
 use runtime::{Provider, ProviderChoice, SessionOptions};
@@ -99,8 +98,7 @@ pub struct Engine {
     dims: usize,
     provider: Provider,
     limits: DecodeLimits,
-    admission: Arc<Semaphore>,
-    max_in_flight: usize,
+    admission: Admission,
     /// False once an inference worker has died.
     workers_ok: watch::Sender<bool>,
 }
@@ -131,6 +129,7 @@ impl Engine {
             max_batch: cfg.max_batch.max(1),
             max_wait: Duration::from_millis(cfg.max_wait_ms),
         };
+        let admission = Admission::new(cfg.max_in_flight.max(1));
         let mut members = Vec::new();
         let mut provider = Provider::Cuda;
         let workers_ok = watch::Sender::new(true);
@@ -146,8 +145,14 @@ impl Engine {
                 sessions.push(s);
             }
             tracing::info!(backbone = %b.name, provider = provider.name(), "model loaded");
-            let batcher =
-                Batcher::start(&b.name, sessions, b.input_size, batch, workers_ok.clone());
+            let batcher = Batcher::start(
+                &b.name,
+                sessions,
+                b.input_size,
+                batch,
+                admission.clone(),
+                workers_ok.clone(),
+            );
             members.push(Member {
                 spec: manifest::input_spec(b),
                 dims: b.descriptor_dim,
@@ -170,8 +175,7 @@ impl Engine {
             dims: m.dims(),
             provider,
             limits: cfg.limits,
-            admission: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
-            max_in_flight: cfg.max_in_flight.max(1),
+            admission,
             workers_ok,
         })
     }
@@ -199,7 +203,7 @@ impl Engine {
 
     /// Images admitted and not yet embedded.
     pub fn in_flight(&self) -> usize {
-        self.max_in_flight - self.admission.available_permits()
+        self.admission.in_flight()
     }
 
     /// Embeds one image: the L2-normalised ensemble descriptor.
@@ -207,10 +211,15 @@ impl Engine {
         if !*self.workers_ok.borrow() {
             return Err(EmbedError::WorkerDied);
         }
-        let _permit = self.admission.clone().try_acquire_owned().map_err(|_| {
-            metrics().refusals.inc();
-            EmbedError::Overloaded(self.max_in_flight)
-        })?;
+        let _permit = self
+            .admission
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                metrics().refusals.inc();
+                EmbedError::Overloaded(self.admission.max)
+            })?;
         let started = Instant::now();
         let specs: Vec<InputSpec> = self.members.iter().map(|m| m.spec.clone()).collect();
         let limits = self.limits;
