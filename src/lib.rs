@@ -13,6 +13,7 @@ pub mod eval;
 pub mod gallery;
 pub mod index;
 pub mod model;
+pub mod query;
 pub mod rerank;
 pub mod security;
 pub mod store;

@@ -11,10 +11,11 @@ use ndarray::{Array2, ArrayView1};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use super::pb::{self, batch_query::Query, search_batch_response::Kind};
-use super::service::{check_descriptor, check_model, top_k};
+use super::convert;
+use super::pb::{self, search_batch_response::Kind};
 use crate::embed::Engine;
 use crate::gallery::{Galleries, Gallery};
+use crate::query::{checks::top_k, search::resolve};
 use crate::rerank::pipeline::{parse_stages, Pipeline};
 
 /// Queries embedded concurrently, so the batcher can batch them.
@@ -187,24 +188,8 @@ impl Batch {
         let mut rows = Array2::<f32>::zeros((queries.len(), g.dims()));
         for (c, chunk) in queries.chunks(EMBED_CHUNK).enumerate() {
             let jobs = chunk.iter().map(|q| async move {
-                match &q.query {
-                    Some(Query::Image(bytes)) => {
-                        check_model(&self.engine, g)?;
-                        Ok(self.engine.embed(bytes.clone()).await?.0)
-                    }
-                    Some(Query::Descriptor(d)) => check_descriptor(g, d),
-                    Some(Query::ItemId(id)) => {
-                        g.get(id).map(|e| e.vector.to_vec()).ok_or_else(|| {
-                            Status::not_found(format!(
-                                "item {id:?} is not in gallery {:?}",
-                                g.name()
-                            ))
-                        })
-                    }
-                    None => Err(Status::invalid_argument(
-                        "set one of image, descriptor or item_id",
-                    )),
-                }
+                let query = convert::batch_query(q.query.clone())?;
+                Ok::<_, Status>(resolve(&self.engine, g, query).await?.0)
             });
             for (i, v) in futures::future::join_all(jobs)
                 .await

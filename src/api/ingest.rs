@@ -10,12 +10,13 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
+use super::convert;
 use super::pb::{self, add_item::Content, add_response::Kind, item_outcome::Status as Outcome};
-use super::service::{check_descriptor, check_model};
 use super::status::{is_message_too_large, too_large};
 use crate::embed::Engine;
 use crate::gallery::limits::MetadataLimits;
 use crate::gallery::{Galleries, Gallery, NewItem};
+use crate::query::{item, ServiceError};
 
 /// Items gathered from the stream per round when they arrive together.
 const CHUNK: usize = 32;
@@ -36,7 +37,7 @@ struct Pending {
     index: u64,
     id: String,
     gallery: Option<Arc<Gallery>>,
-    result: Result<NewItem, String>,
+    result: Result<NewItem, ServiceError>,
 }
 
 impl Ingest {
@@ -69,6 +70,7 @@ impl Ingest {
                 match Outcome::try_from(o.status) {
                     Ok(Outcome::Added) => summary.added += 1,
                     Ok(Outcome::Replaced) => summary.replaced += 1,
+                    Ok(Outcome::RetryLater) => summary.retry_later += 1,
                     _ => summary.rejected += 1,
                 }
                 if tx
@@ -136,37 +138,26 @@ impl Ingest {
         content: Option<Content>,
         metadata: std::collections::HashMap<String, String>,
         id: &str,
-    ) -> Result<NewItem, String> {
+    ) -> Result<NewItem, ServiceError> {
         let g = match gallery {
             Some(g) => g,
             None if gallery_name.is_empty() => {
-                return Err("no gallery named on this item or an earlier one".into())
-            }
-            None => {
-                return Err(format!(
-                    "gallery {gallery_name:?} does not exist; create it first"
+                return Err(ServiceError::Invalid(
+                    "no gallery named on this item or an earlier one".into(),
                 ))
             }
-        };
-        if id.is_empty() || id.len() > 512 {
-            return Err("item id must be 1-512 bytes".into());
-        }
-        self.metadata.check(&metadata)?;
-        let vector = match content {
-            Some(Content::Image(bytes)) => {
-                check_model(&self.engine, g).map_err(|s| s.message().to_string())?;
-                self.engine.embed(bytes).await.map_err(|e| e.to_string())?.0
+            None => {
+                return Err(ServiceError::NotFound(format!(
+                    "gallery {gallery_name:?} does not exist; create it first"
+                )))
             }
-            Some(Content::Descriptor(d)) => {
-                check_descriptor(g, &d).map_err(|s| s.message().to_string())?
-            }
-            None => return Err("item has neither image nor descriptor".into()),
         };
-        Ok(NewItem {
-            id: id.to_string(),
-            vector,
-            metadata: metadata.into_iter().collect(),
-        })
+        let content = content.map(|c| match c {
+            Content::Image(b) => item::Content::Image(b),
+            Content::Descriptor(d) => item::Content::Descriptor(convert::descriptor(d)),
+        });
+        let metadata = metadata.into_iter().collect();
+        item::prepare(&self.engine, &self.metadata, g, id, content, metadata).await
     }
 
     /// Commits the valid items (one transaction per gallery) and returns
@@ -187,7 +178,12 @@ impl Ingest {
                     .or_insert_with(|| (g, Vec::new()))
                     .1
                     .push((slot, item)),
-                (Err(reason), _) => outcome.reason = reason,
+                (Err(e), _) => {
+                    if e.kind().retryable() {
+                        outcome.status = Outcome::RetryLater as i32;
+                    }
+                    outcome.reason = e.to_string();
+                }
                 (Ok(_), None) => outcome.reason = "gallery disappeared".into(),
             }
             outcomes.push(outcome);

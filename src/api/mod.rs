@@ -2,9 +2,9 @@
 //! mapping, and the server (with health and reflection).
 
 mod batch;
+mod convert;
 pub mod health;
 mod ingest;
-mod search;
 pub mod server;
 pub mod service;
 pub mod status;

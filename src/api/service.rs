@@ -12,37 +12,33 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::{self, retrieval_server::Retrieval};
-use crate::config::{Config, PostProcessingDefaults};
+use crate::config::Config;
 use crate::embed::Engine;
 use crate::gallery::limits::MetadataLimits;
 use crate::gallery::page as page_token;
 use crate::gallery::{Galleries, Gallery, Metadata};
+use crate::query::search::{Options, Searcher};
+use crate::query::{checks, ServiceError};
 use crate::store::GalleryMeta;
 
-use super::ingest;
+use super::{convert, ingest};
 
 pub struct RetrievalService {
     engine: Arc<Engine>,
     galleries: Arc<Galleries>,
-    default_top_k: u32,
-    max_top_k: u32,
-    max_ef_search: u32,
+    searcher: Searcher,
     max_batch_queries: usize,
     metadata: MetadataLimits,
-    pp: PostProcessingDefaults,
 }
 
 impl RetrievalService {
     pub fn new(engine: Arc<Engine>, galleries: Arc<Galleries>, cfg: &Config) -> Self {
         Self {
+            searcher: Searcher::new(engine.clone(), cfg),
             engine,
             galleries,
-            default_top_k: cfg.default_top_k,
-            max_top_k: cfg.max_top_k,
-            max_ef_search: cfg.index.max_ef_search,
             max_batch_queries: cfg.max_batch_queries,
             metadata: cfg.metadata,
-            pp: cfg.post_processing.clone(),
         }
     }
 
@@ -72,50 +68,8 @@ impl RetrievalService {
     }
 }
 
-/// Image queries need the gallery to be of the serving model.
-pub(super) fn check_model(engine: &Engine, g: &Gallery) -> Result<(), Status> {
-    if g.meta().model_fingerprint != engine.fingerprint() {
-        return Err(Status::failed_precondition(format!(
-            "gallery {:?} was built with model {}, but the server runs model {}; \
-             query it with descriptors of that model or re-index it",
-            g.name(),
-            g.meta().model_fingerprint,
-            engine.fingerprint()
-        )));
-    }
-    Ok(())
-}
-
-/// A client descriptor: fingerprint (if given) and dims must match.
-pub(super) fn check_descriptor(g: &Gallery, d: &pb::Descriptor) -> Result<Vec<f32>, Status> {
-    if !d.model_fingerprint.is_empty() && d.model_fingerprint != g.meta().model_fingerprint {
-        return Err(Status::failed_precondition(format!(
-            "descriptor is from model {}, gallery {:?} holds model {}",
-            d.model_fingerprint,
-            g.name(),
-            g.meta().model_fingerprint
-        )));
-    }
-    Ok(g.prepare(&d.values)?)
-}
-
-/// A request's `top_k`: 0 is the server default, above the cap is refused.
-pub(super) fn top_k(k: u32, default: u32, max: u32) -> Result<usize, Status> {
-    match k {
-        0 => Ok(default as usize),
-        k if k > max => Err(Status::invalid_argument(format!(
-            "top_k {k} is over the limit of {max}"
-        ))),
-        k => Ok(k as usize),
-    }
-}
-
 fn to_metadata(m: HashMap<String, String>) -> Metadata {
     m.into_iter().collect()
-}
-
-fn blocking_failed(e: tokio::task::JoinError) -> Status {
-    Status::internal(format!("worker task failed: {e}"))
 }
 
 #[tonic::async_trait]
@@ -142,64 +96,18 @@ impl Retrieval for RetrievalService {
     ) -> Result<Response<pb::SearchResponse>, Status> {
         let req = request.into_inner();
         let g = self.gallery(&req.gallery)?;
-        let k = top_k(req.top_k, self.default_top_k, self.max_top_k)?;
-        let mut timings = Vec::new();
-        let mut exclude = None;
-        let query = match req.query {
-            Some(pb::search_request::Query::Image(bytes)) => {
-                check_model(&self.engine, &g)?;
-                let (v, t) = self.engine.embed(bytes).await?;
-                timings.push(pb::StageTiming {
-                    stage: "decode".into(),
-                    micros: t.decode.as_micros() as u64,
-                });
-                timings.push(pb::StageTiming {
-                    stage: "embed".into(),
-                    micros: t.infer.as_micros() as u64,
-                });
-                v
-            }
-            Some(pb::search_request::Query::Descriptor(d)) => check_descriptor(&g, &d)?,
-            Some(pb::search_request::Query::ItemId(id)) => {
-                let e = g.get(&id).ok_or_else(|| {
-                    Status::not_found(format!("item {id:?} is not in gallery {:?}", g.name()))
-                })?;
-                exclude = Some(id);
-                e.vector.to_vec()
-            }
-            None => {
-                return Err(Status::invalid_argument(
-                    "set one of image, descriptor or item_id as the query",
-                ))
-            }
+        let opts = Options {
+            top_k: req.top_k,
+            ef_search: req.ef_search,
+            exact: req.exact,
+            filter: to_metadata(req.filter),
+            post: convert::post(req.post_processing),
         };
-        let ef = match req.ef_search {
-            0 => g.default_ef(),
-            ef if ef > self.max_ef_search => {
-                return Err(Status::invalid_argument(format!(
-                    "ef_search {ef} is over the limit of {} (index.max_ef_search)",
-                    self.max_ef_search
-                )))
-            }
-            ef => ef as usize,
-        };
-        let limits = super::search::Limits {
-            pp: &self.pp,
-            max_top_k: self.max_top_k,
-        };
-        let plan = super::search::plan(req.post_processing, &limits, k, ef, req.exact)?;
-        let filter = to_metadata(req.filter);
-        let out = tokio::task::spawn_blocking(move || {
-            crate::gallery::online::search(&g, &query, &plan, &filter, exclude.as_deref())
-        })
-        .await
-        .map_err(blocking_failed)??;
-        crate::telemetry::observe_stages(&out.timings);
-        timings.extend(out.timings.into_iter().map(|(stage, d)| pb::StageTiming {
-            stage: stage.to_string(),
-            micros: d.as_micros() as u64,
-        }));
-        let hits = out
+        let found = self
+            .searcher
+            .search(g, convert::query(req.query)?, opts)
+            .await?;
+        let hits = found
             .hits
             .into_iter()
             .map(|h| pb::Hit {
@@ -208,11 +116,10 @@ impl Retrieval for RetrievalService {
                 metadata: h.metadata.into_iter().collect(),
             })
             .collect();
-        let stages = out.stages.iter().map(|s| s.to_string()).collect();
         Ok(Response::new(pb::SearchResponse {
             hits,
-            timings,
-            stages,
+            timings: convert::timings(found.timings),
+            stages: found.stages,
         }))
     }
 
@@ -227,8 +134,8 @@ impl Retrieval for RetrievalService {
         let batch = super::batch::Batch {
             engine: self.engine.clone(),
             galleries: self.galleries.clone(),
-            default_top_k: self.default_top_k,
-            max_top_k: self.max_top_k,
+            default_top_k: self.searcher.default_top_k,
+            max_top_k: self.searcher.max_top_k,
             max_queries: self.max_batch_queries,
         };
         tokio::spawn(batch.run(request.into_inner(), tx));
@@ -244,7 +151,7 @@ impl Retrieval for RetrievalService {
         let n = req.ids.len();
         let not_found = tokio::task::spawn_blocking(move || g.remove(&req.ids))
             .await
-            .map_err(blocking_failed)??;
+            .map_err(ServiceError::from)??;
         Ok(Response::new(pb::RemoveResponse {
             removed: (n - not_found.len()) as u64,
             not_found,
@@ -257,12 +164,7 @@ impl Retrieval for RetrievalService {
     ) -> Result<Response<pb::Item>, Status> {
         let req = request.into_inner();
         let g = self.gallery(&req.gallery)?;
-        let e = g.get(&req.id).ok_or_else(|| {
-            Status::not_found(format!(
-                "item {:?} is not in gallery {:?}",
-                req.id, req.gallery
-            ))
-        })?;
+        let e = checks::item(&g, &req.id)?;
         let descriptor = req.include_descriptor.then(|| pb::Descriptor {
             values: e.vector.to_vec(),
             model_fingerprint: g.meta().model_fingerprint.clone(),
@@ -325,16 +227,7 @@ impl Retrieval for RetrievalService {
                 values,
                 model_fingerprint: self.engine.fingerprint().to_string(),
             }),
-            timings: vec![
-                pb::StageTiming {
-                    stage: "decode".into(),
-                    micros: t.decode.as_micros() as u64,
-                },
-                pb::StageTiming {
-                    stage: "embed".into(),
-                    micros: t.infer.as_micros() as u64,
-                },
-            ],
+            timings: convert::timings(vec![("decode".into(), t.decode), ("embed".into(), t.infer)]),
         }))
     }
 
@@ -350,7 +243,7 @@ impl Retrieval for RetrievalService {
         let galleries = self.galleries.clone();
         let g = tokio::task::spawn_blocking(move || galleries.create(&name, meta))
             .await
-            .map_err(blocking_failed)??;
+            .map_err(ServiceError::from)??;
         Ok(Response::new(pb::CreateGalleryResponse {
             model_fingerprint: g.meta().model_fingerprint.clone(),
             dims: g.meta().dims,
@@ -365,7 +258,7 @@ impl Retrieval for RetrievalService {
         let galleries = self.galleries.clone();
         let n = tokio::task::spawn_blocking(move || galleries.drop_gallery(&name))
             .await
-            .map_err(blocking_failed)??;
+            .map_err(ServiceError::from)??;
         Ok(Response::new(pb::DropGalleryResponse { removed_items: n }))
     }
 

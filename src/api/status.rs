@@ -1,45 +1,31 @@
-//! Every library error maps to one gRPC status here, with the error's own
-//! message, which is written for a person.
+//! Library errors become gRPC statuses through [`ServiceError`], whose
+//! kind holds the one code mapping both transports use; the message is
+//! the error's own, written for a person.
 
 use tonic::{Code, Status};
 
 use crate::embed::EmbedError;
+use crate::gallery::online::OnlineError;
 use crate::gallery::GalleryError;
+use crate::query::ServiceError;
 
-impl From<EmbedError> for Status {
-    fn from(e: EmbedError) -> Self {
-        let code = match &e {
-            EmbedError::Image(_) => Code::InvalidArgument,
-            EmbedError::Overloaded(_) => Code::ResourceExhausted,
-            EmbedError::ShuttingDown | EmbedError::WorkerDied => Code::Unavailable,
-            EmbedError::Manifest { .. } | EmbedError::Runtime(_) => Code::Internal,
-        };
-        if code == Code::Internal {
-            tracing::error!(error = %e, "embedding failed");
-        }
-        Status::new(code, e.to_string())
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        let e = e.logged();
+        Status::new(e.kind().grpc_code(), e.to_string())
     }
 }
 
-impl From<GalleryError> for Status {
-    fn from(e: GalleryError) -> Self {
-        let code = match &e {
-            GalleryError::NoGallery(_) | GalleryError::NoItem { .. } => Code::NotFound,
-            GalleryError::Exists(_) => Code::AlreadyExists,
-            GalleryError::InvalidName { .. }
-            | GalleryError::Dims { .. }
-            | GalleryError::Degenerate
-            | GalleryError::PageToken(_) => Code::InvalidArgument,
-            GalleryError::Store(_) | GalleryError::Post(_) | GalleryError::Persist(_) => {
-                Code::Internal
+macro_rules! via_service_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Status {
+            fn from(e: $t) -> Self {
+                ServiceError::from(e).into()
             }
-        };
-        if code == Code::Internal {
-            tracing::error!(error = %e, "storage failed");
         }
-        Status::new(code, e.to_string())
-    }
+    )*};
 }
+via_service_error!(EmbedError, GalleryError, OnlineError);
 
 /// tonic reports a message over the size limit as OUT_OF_RANGE; gRPC's
 /// convention (and our contract) is RESOURCE_EXHAUSTED.
@@ -52,15 +38,4 @@ pub fn too_large(status: &Status) -> Status {
         "{}; send smaller images or raise max_message_bytes",
         status.message()
     ))
-}
-
-impl From<crate::gallery::online::OnlineError> for Status {
-    fn from(e: crate::gallery::online::OnlineError) -> Self {
-        use crate::gallery::online::OnlineError;
-        let code = match &e {
-            // Parameters are validated up front; what is left is a bug.
-            OnlineError::Rerank(_) => Code::Internal,
-        };
-        Status::new(code, e.to_string())
-    }
 }

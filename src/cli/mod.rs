@@ -146,8 +146,11 @@ pub async fn add(args: AddArgs) -> anyhow::Result<()> {
         match resp.kind {
             Some(Kind::Outcome(o)) => {
                 bar.inc(1);
-                if o.status == pb::item_outcome::Status::Rejected as i32 {
-                    rejects.push((o.id, o.reason));
+                use pb::item_outcome::Status as S;
+                match S::try_from(o.status) {
+                    Ok(S::Rejected) => rejects.push(("rejected", o.id, o.reason)),
+                    Ok(S::RetryLater) => rejects.push(("not added, retry", o.id, o.reason)),
+                    _ => {}
                 }
             }
             Some(Kind::Summary(s)) => summary = Some(s),
@@ -155,13 +158,13 @@ pub async fn add(args: AddArgs) -> anyhow::Result<()> {
         }
     }
     bar.finish_and_clear();
-    for (id, reason) in &rejects {
-        eprintln!("rejected {id}: {reason}");
+    for (what, id, reason) in &rejects {
+        eprintln!("{what} {id}: {reason}");
     }
     let s = summary.context("the server closed the stream without a summary")?;
     println!(
-        "added {}, replaced {}, rejected {}",
-        s.added, s.replaced, s.rejected
+        "added {}, replaced {}, rejected {}, to retry {}",
+        s.added, s.replaced, s.rejected, s.retry_later
     );
     Ok(())
 }

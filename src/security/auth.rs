@@ -108,24 +108,36 @@ impl ApiKeys {
         }
     }
 
-    /// The refusal for a call to `path` with these headers, if any.
+    /// The refusal for a gRPC call to `path` with these headers, if any.
     pub fn authorise(&self, path: &str, headers: &http::HeaderMap) -> Result<(), Status> {
         if path.starts_with(HEALTH) {
             return Ok(());
         }
-        let presented = presented_key(headers).ok_or_else(|| {
-            Status::unauthenticated(
-                "an API key is required: send `authorization: Bearer <key>` or `api-key: <key>`",
-            )
-        })?;
+        self.check_headers(headers, WRITES.contains(&path))
+            .map_err(|e| crate::query::ServiceError::from(e).into())
+    }
+
+    /// The refusal for a call (a write when `write`) with these headers,
+    /// if any: the one check both transports make.
+    pub fn check_headers(&self, headers: &http::HeaderMap, write: bool) -> Result<(), AuthError> {
+        let presented = presented_key(headers).ok_or(AuthError::Missing)?;
         match self.check(presented) {
-            None => Err(Status::unauthenticated("the API key is not valid")),
-            Some(Access::ReadOnly) if WRITES.contains(&path) => Err(Status::permission_denied(
-                "this API key is read-only; writes need a read-write key",
-            )),
+            None => Err(AuthError::Invalid),
+            Some(Access::ReadOnly) if write => Err(AuthError::ReadOnly),
             Some(_) => Ok(()),
         }
     }
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("an API key is required: send `authorization: Bearer <key>` or `api-key: <key>`")]
+    Missing,
+    #[error("the API key is not valid")]
+    Invalid,
+    #[error("this API key is read-only; writes need a read-write key")]
+    ReadOnly,
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, SecurityError> {
