@@ -78,6 +78,11 @@ pub struct PostProcessingDefaults {
     pub neighbours_k: u32,
     /// Wait after a write before recomputing, so bursts share one refresh.
     pub refresh_debounce_ms: u64,
+    /// Gallery-fitted projection (spec section 3): components kept at
+    /// most; 0 = off. Fitted at refresh time on the gallery's descriptors.
+    pub projection_components: u32,
+    /// Its whitening: 0 = plain PCA, 1 = full whitening.
+    pub projection_beta: f32,
 }
 
 impl Default for PostProcessingDefaults {
@@ -100,6 +105,10 @@ impl Default for PostProcessingDefaults {
             dba_k: 10,
             neighbours_k: 21,
             refresh_debounce_ms: 200,
+            // Off: measured through the service it helps on some sets and
+            // hurts on others (BENCHMARKS.md, "Gallery-fitted projection").
+            projection_components: 0,
+            projection_beta: 0.0,
         }
     }
 }
@@ -111,6 +120,12 @@ impl PostProcessingDefaults {
             dba_k: self.dba_k as usize,
             neighbours_k: self.neighbours_k as usize,
             debounce: std::time::Duration::from_millis(self.refresh_debounce_ms),
+            projection: (self.projection_components > 0).then(|| {
+                crate::gallery::projection::ProjectionConfig {
+                    components: self.projection_components as usize,
+                    beta: f64::from(self.projection_beta),
+                }
+            }),
         }
     }
 }
@@ -200,6 +215,9 @@ impl Config {
             || pp.kr_k2 > pp.neighbours_k + 1
         {
             return bad("post_processing needs 1 <= kr_k1 <= neighbours_k and 1 <= kr_k2 <= neighbours_k + 1");
+        }
+        if !(0.0..=1.0).contains(&pp.projection_beta) {
+            return bad("post_processing.projection_beta must be in [0, 1]");
         }
         if !(0.0..=1.0).contains(&pp.kr_lambda) {
             return bad("post_processing.kr_lambda must be in [0, 1]");

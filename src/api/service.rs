@@ -63,6 +63,7 @@ impl RetrievalService {
                 post_processing_generation: s.post_generation,
                 dba: s.dba,
                 graph: s.index.built,
+                projection_components: s.projection_components as u32,
             }),
         }
     }

@@ -15,6 +15,7 @@ pub mod online;
 pub mod page;
 pub mod persist;
 pub mod post;
+pub mod projection;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use crate::store::{Change, GalleryMeta, ItemRecord, Store, StoreError};
 
 use persist::{PersistError, Saved};
 use post::{PostConfig, Snapshot};
+use projection::Projection;
 
 pub type Metadata = BTreeMap<String, String>;
 
@@ -103,6 +105,9 @@ struct State {
     next_seq: u64,
     /// Point ids are not persisted: the graph is rebuilt at start.
     next_point: u64,
+    /// The projection every `indexed` vector is in (None: raw space);
+    /// switched together with the vectors, under this lock.
+    projection: Option<Arc<Projection>>,
 }
 
 impl State {
@@ -163,6 +168,23 @@ pub struct SearchParams<'a> {
     pub filter: &'a Metadata,
     /// An item to leave out (the query itself, for search-by-id).
     pub exclude: Option<&'a str>,
+    /// The projection the query was projected with (None: raw space).
+    pub space: Option<&'a Arc<Projection>>,
+}
+
+/// The gallery's projection is no longer the one a query was projected
+/// with (a refresh refitted it meanwhile): project again and retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the gallery's projection was refitted during the search")]
+pub struct SpaceChanged;
+
+/// Whether two optional projections are the same fit.
+pub fn same_space(a: Option<&Arc<Projection>>, b: Option<&Arc<Projection>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +199,8 @@ pub struct GalleryStats {
     /// Generation of the current post-processing snapshot (0: none yet).
     pub post_generation: u64,
     pub dba: bool,
+    /// Components of the fitted projection in use (0: none).
+    pub projection_components: usize,
 }
 
 impl Gallery {
@@ -396,16 +420,13 @@ impl Gallery {
             Some(p) => p.update(&items, self.dims(), &self.post_cfg, generation)?,
             None => Snapshot::compute_all(&items, self.dims(), &self.post_cfg, generation)?,
         };
-        if let Some(dba) = &snap.dba {
-            self.install_indexed(&snap, dba, &changed);
-        }
-        *self.post.write() = Some(Arc::new(snap));
+        let reindexed = self.install(Arc::new(snap), &changed)?;
         self.stale.fetch_sub(stale_at, Ordering::AcqRel);
         crate::telemetry::metrics()
             .refresh_seconds
             .observe(t.elapsed().as_secs_f64());
         tracing::info!(gallery = %self.name, items = items.len(), generation,
-            reindexed = changed.len(), ms = t.elapsed().as_millis() as u64,
+            reindexed, ms = t.elapsed().as_millis() as u64,
             "post-processing refreshed");
         Ok(())
     }
@@ -418,18 +439,61 @@ impl Gallery {
         self.refresh_post().map(|()| true)
     }
 
-    /// Makes the DBA vectors of `rows` of the snapshot what the index
-    /// holds. Each gets a fresh point: inserted into the graph before the
-    /// state switches to it, so searches see the old or the new vector,
-    /// never neither. When most vectors change the graph is rebuilt
-    /// instead (blocking writers, not searches). Items removed since the
-    /// snapshot are skipped.
-    fn install_indexed(&self, snap: &Snapshot, dba: &ndarray::Array2<f32>, rows: &[usize]) {
+    /// Publishes `snap` and makes the index hold what it says: the DBA
+    /// vectors of the `changed` rows, or, when the snapshot brings a new
+    /// projection, every live item in the new space (items added since
+    /// the snapshot was taken projected now). Each new vector gets a fresh
+    /// point: inserted into the graph before the state switches to it, so
+    /// searches see the old or the new vector, never neither. When most
+    /// vectors change the graph is rebuilt instead (blocking writers, not
+    /// searches). Items removed since the snapshot are skipped. Returns how
+    /// many vectors were re-indexed.
+    fn install(
+        &self,
+        snap: Arc<Snapshot>,
+        changed: &[usize],
+    ) -> Result<usize, crate::rerank::RerankError> {
         let _w = self.writer.lock();
-        let updates: Vec<(u64, Vector)> = rows
-            .iter()
-            .map(|&r| (snap.seqs[r], dba.row(r).to_vec().into()))
-            .collect();
+        let dims = self.dims();
+        let row_vector = |r: usize| -> Option<Vector> {
+            let ix = snap.indexed()?;
+            Some(projection::pad(ix.row(r).iter().copied(), dims).into())
+        };
+        let new_space = !same_space(
+            self.state.read().projection.as_ref(),
+            snap.projection.as_ref(),
+        );
+        let updates: Vec<(u64, Vector)> = if new_space {
+            let state = self.state.read();
+            state
+                .items
+                .values()
+                .map(|e| {
+                    let v = match (snap.row_of.get(&e.seq), &snap.projection) {
+                        (Some(&r), _) if snap.indexed().is_some() => row_vector(r),
+                        (_, Some(p)) => Some(p.apply(&e.vector)?.into()),
+                        _ => None,
+                    };
+                    Ok((e.seq, v.unwrap_or_else(|| e.vector.clone())))
+                })
+                .collect::<Result<_, crate::rerank::RerankError>>()?
+        } else if snap.dba.is_some() {
+            changed
+                .iter()
+                .filter_map(|&r| Some((snap.seqs[r], row_vector(r)?)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let publish = |state: &mut State| {
+            state.projection = snap.projection.clone();
+            *self.post.write() = Some(snap.clone());
+        };
+        if updates.is_empty() {
+            publish(&mut self.state.write());
+            return Ok(0);
+        }
+        let reindexed = updates.len();
         let first = self.state.write().reserve_points(updates.len());
         let count = self.len();
         let want_graph = count > self.index.params().exact_limit;
@@ -456,6 +520,7 @@ impl Gallery {
                 state.repoint(seq, first + t as u64, v);
             }
             self.index.install_graph(graph);
+            publish(&mut state);
         } else {
             let points: Vec<(u64, Vector)> = updates
                 .iter()
@@ -467,8 +532,10 @@ impl Gallery {
             for (t, (seq, v)) in updates.into_iter().enumerate() {
                 state.repoint(seq, first + t as u64, v);
             }
+            publish(&mut state);
         }
         self.maintain_index();
+        Ok(reindexed)
     }
 
     pub fn name(&self) -> &str {
@@ -509,7 +576,18 @@ impl Gallery {
             }
         }
         let _w = self.writer.lock();
-        let first_seq = self.state.read().next_seq;
+        let (first_seq, space) = {
+            let state = self.state.read();
+            (state.next_seq, state.projection.clone())
+        };
+        // In the index's space (the writer lock keeps it from changing).
+        let indexed: Vec<Vector> = items
+            .iter()
+            .map(|it| match &space {
+                Some(p) => p.apply(&it.vector).map(Vector::from),
+                None => Ok(it.vector.clone().into()),
+            })
+            .collect::<Result<_, _>>()?;
         let records: Vec<ItemRecord> = items
             .iter()
             .enumerate()
@@ -532,15 +610,20 @@ impl Gallery {
         let n_items = items.len() as u64;
         let first_point = state.reserve_points(items.len());
         let mut new_points = Vec::with_capacity(items.len());
-        for ((it, rec), point) in items.into_iter().zip(records).zip(first_point..) {
+        for (((it, rec), point), indexed) in items
+            .into_iter()
+            .zip(records)
+            .zip(first_point..)
+            .zip(indexed)
+        {
             let vector: Vector = rec.descriptor.into();
             if let Some(old) = state.items.insert(
                 it.id.clone(),
                 Entry {
                     seq: rec.seq,
                     metadata: rec.metadata,
-                    vector: vector.clone(),
-                    indexed: vector.clone(),
+                    vector,
+                    indexed: indexed.clone(),
                     point,
                 },
             ) {
@@ -549,7 +632,7 @@ impl Gallery {
             }
             state.by_seq.insert(rec.seq, it.id);
             state.by_point.insert(point, rec.seq);
-            new_points.push((point, vector));
+            new_points.push((point, indexed));
         }
         self.index.insert_many(&new_points);
         self.stale.fetch_add(n_items, Ordering::AcqRel);
@@ -610,9 +693,13 @@ impl Gallery {
         self.len() == 0
     }
 
-    /// Nearest items to the unit vector `q`. Blocking (CPU-bound).
-    pub fn search(&self, q: &[f32], p: &SearchParams<'_>) -> Vec<Hit> {
+    /// Nearest items to the unit vector `q`, in the space `p.space`
+    /// names (Err when the gallery is no longer in it). Blocking.
+    pub fn search(&self, q: &[f32], p: &SearchParams<'_>) -> Result<Vec<Hit>, SpaceChanged> {
         let state = self.state.read();
+        if !same_space(state.projection.as_ref(), p.space) {
+            return Err(SpaceChanged);
+        }
         let matches = |e: &Entry| p.filter.iter().all(|(k, v)| e.metadata.get(k) == Some(v));
         let wanted = p.k + usize::from(p.exclude.is_some());
         let use_graph = !p.exact && state.items.len() > self.index.params().exact_limit;
@@ -642,7 +729,8 @@ impl Gallery {
                 .map(|e| (e.seq, &e.indexed[..]));
             exact::top_k(q, cands, wanted)
         });
-        raw.into_iter()
+        Ok(raw
+            .into_iter()
             .filter_map(|(seq, distance)| {
                 let id = state.by_seq.get(&seq)?;
                 if Some(id.as_str()) == p.exclude {
@@ -657,7 +745,7 @@ impl Gallery {
                 })
             })
             .take(p.k)
-            .collect()
+            .collect())
     }
 
     pub fn default_ef(&self) -> usize {
@@ -667,6 +755,11 @@ impl Gallery {
     pub fn stats(&self) -> GalleryStats {
         let count = self.len();
         let index = self.index.status();
+        // Each lock taken alone: install holds the state lock while it
+        // publishes a snapshot.
+        let projection_components =
+            (self.state.read().projection.as_ref()).map_or(0, |p| p.components());
+        let post_generation = self.post.read().as_ref().map_or(0, |s| s.generation);
         GalleryStats {
             name: self.name.clone(),
             count,
@@ -674,8 +767,9 @@ impl Gallery {
             tombstones: index.points.saturating_sub(count),
             index,
             stale_items: self.stale.load(Ordering::Acquire),
-            post_generation: self.post.read().as_ref().map_or(0, |s| s.generation),
+            post_generation,
             dba: self.post_cfg.dba,
+            projection_components,
         }
     }
 
@@ -706,9 +800,10 @@ impl Gallery {
         if stats.index.built && !worn {
             return;
         }
-        if !stats.index.built && self.post_cfg.dba && stats.stale_items > 0 {
-            // The pending refresh builds it over the DBA vectors (a graph
-            // of the raw vectors would be replaced right away).
+        let derived = self.post_cfg.dba || self.post_cfg.projection.is_some();
+        if !stats.index.built && derived && stats.stale_items > 0 {
+            // The pending refresh builds it over the DBA or projected
+            // vectors (a graph of the raw vectors would be replaced).
             return;
         }
         // Snapshot under the state lock right after marking the rebuild, so

@@ -2,13 +2,15 @@
 //! shortlist, optional AQE / alpha-QE and a second search, then KR over
 //! the shortlist with the gallery's stored neighbour lists (`kr_single`).
 //! The stages themselves are the batch implementations in `crate::rerank`.
+//! With the gallery-fitted projection on, the query is projected first and
+//! every later stage works in the projected space.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ndarray::{Array2, ArrayView1, ArrayView2};
 
-use super::{Gallery, Hit, Metadata, SearchParams};
+use super::{Gallery, Hit, Metadata, SearchParams, SpaceChanged};
 use crate::rerank::aqe::{alpha_qe, aqe};
 use crate::rerank::kreciprocal::{kr_single, KrParams};
 use crate::rerank::RerankError;
@@ -36,7 +38,14 @@ pub struct Plan {
 pub enum OnlineError {
     #[error(transparent)]
     Rerank(#[from] RerankError),
+    /// Refits kept overtaking the request (each retry is cheap; this
+    /// takes several refreshes within one search).
+    #[error("the gallery's projection kept changing during the search; retry")]
+    SpaceChanged,
 }
+
+/// How many times a request starts again after a refit overtook it.
+const SPACE_RETRIES: usize = 3;
 
 #[derive(Debug)]
 pub struct Outcome {
@@ -54,10 +63,59 @@ pub fn search(
     filter: &Metadata,
     exclude: Option<&str>,
 ) -> Result<Outcome, OnlineError> {
+    for _ in 0..SPACE_RETRIES {
+        match attempt(g, q, plan, filter, exclude) {
+            Err(Failed::SpaceChanged) => continue,
+            Err(Failed::Online(e)) => return Err(e),
+            Ok(out) => return Ok(out),
+        }
+    }
+    Err(OnlineError::SpaceChanged)
+}
+
+enum Failed {
+    SpaceChanged,
+    Online(OnlineError),
+}
+
+impl From<SpaceChanged> for Failed {
+    fn from(_: SpaceChanged) -> Self {
+        Failed::SpaceChanged
+    }
+}
+
+impl From<RerankError> for Failed {
+    fn from(e: RerankError) -> Self {
+        Failed::Online(e.into())
+    }
+}
+
+/// One try of `search` in the space of the snapshot it starts from.
+fn attempt(
+    g: &Gallery,
+    q: &[f32],
+    plan: &Plan,
+    filter: &Metadata,
+    exclude: Option<&str>,
+) -> Result<Outcome, Failed> {
     let mut timings = Vec::new();
     let mut stages = Vec::new();
-    // One snapshot for the whole request, so both uses agree.
+    // One snapshot for the whole request, so that every use agrees.
     let snapshot = g.post_snapshot();
+    let space = snapshot.as_ref().and_then(|s| s.projection.clone());
+    let into_space = |v: &[f32]| -> Result<Vec<f32>, RerankError> {
+        match &space {
+            Some(p) => p.apply(v),
+            None => Ok(v.to_vec()),
+        }
+    };
+    let t = Instant::now();
+    let q = into_space(q)?;
+    if space.is_some() {
+        stages.push("projection");
+        timings.push(("projection", t.elapsed()));
+    }
+    let q = &q[..];
     // The index holds DBA vectors once a refresh has computed them.
     if g.post_config().dba && snapshot.as_ref().is_some_and(|s| s.dba.is_some()) {
         stages.push("dba");
@@ -73,10 +131,11 @@ pub fn search(
         exact: plan.exact,
         filter,
         exclude,
+        space: space.as_ref(),
     };
     let t = Instant::now();
     let first_k = plan.qe.map_or(want, |qe| qe.k.max(want));
-    let mut hits = g.search(q, &params(first_k));
+    let mut hits = g.search(q, &params(first_k))?;
     timings.push(("search", t.elapsed()));
 
     let mut query = q.to_vec();
@@ -86,17 +145,18 @@ pub fn search(
         let expanded = if k == 0 {
             None
         } else {
-            let rows: Vec<_> = hits[..k]
+            let rows: Vec<crate::index::Vector> = hits[..k]
                 .iter()
-                .filter_map(|h| g.get(&h.id).map(|e| e.vector))
-                .collect();
+                .filter_map(|h| g.get(&h.id).map(|e| into_space(&e.vector)))
+                .map(|v| v.map(Into::into))
+                .collect::<Result<_, _>>()?;
             expand(q, &rows, qe.alpha)?
         };
         timings.push(("query_expansion", t.elapsed()));
         if let Some(q2) = expanded {
             stages.push(if qe.alpha > 0.0 { "alpha_qe" } else { "aqe" });
             let t = Instant::now();
-            hits = g.search(&q2, &params(want));
+            hits = g.search(&q2, &params(want))?;
             timings.push(("search_expanded", t.elapsed()));
             query = q2;
         }
@@ -123,9 +183,12 @@ pub fn search(
             rows.sort_unstable();
             if !rows.is_empty() {
                 stages.push("k_reciprocal");
+                // The working rows may be narrower (projected); the
+                // query's padding is zeros.
+                let work = snap.working();
                 let ranked = kr_single(
-                    ArrayView1::from(&query[..]),
-                    snap.raw.view(),
+                    ArrayView1::from(&query[..work.ncols()]),
+                    work,
                     nb,
                     &rows,
                     None,

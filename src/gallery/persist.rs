@@ -125,6 +125,15 @@ pub fn save(
     post: &PostConfig,
     index: &HnswParams,
 ) -> Result<(), PersistError> {
+    // The format has no place for a fitted projection yet: with one, the
+    // next start recomputes (and refits) instead, and an older save is
+    // dropped so that it cannot be mistaken for this gallery's state.
+    if post.projection.is_some() {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
+        }
+        return Ok(());
+    }
     let partial = dir.with_extension("partial");
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(io_err(&partial))?;
@@ -266,6 +275,10 @@ pub fn load(
     post: &PostConfig,
     index: &HnswParams,
 ) -> Result<Option<Saved>, PersistError> {
+    // Not saved with the projection on (`save`): nothing there is ours.
+    if post.projection.is_some() {
+        return Ok(None);
+    }
     let path = dir.join(STATE_FILE);
     let mut bytes = Vec::new();
     match File::open(&path) {

@@ -13,15 +13,23 @@
 //! neighbours changed are recomputed (and re-indexed). The lag is one
 //! debounce plus one refresh.
 //!
+//! With the gallery-fitted projection on (`projection`), every stage
+//! here works on the projected rows (`working`): neighbour lists and DBA
+//! vectors live in the projected space, which the index then holds. The
+//! fit is kept by incremental updates until the items changed since it
+//! pass 1/8 of the gallery; the next refresh then refits and recomputes.
+//!
 //! Saved at shutdown with the rest of the derived state (`persist`);
 //! opening a gallery restores it where it matches the store, else
 //! computes the first snapshot in full before serving.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ndarray::Array2;
 
+use super::projection::{Projection, ProjectionConfig};
 use crate::index::Vector;
 use crate::rerank::dba::query_dba;
 use crate::rerank::kreciprocal::GalleryNeighbours;
@@ -37,6 +45,8 @@ pub struct PostConfig {
     pub neighbours_k: usize,
     /// Wait after a write before refreshing, so bursts share one refresh.
     pub debounce: Duration,
+    /// The gallery-fitted projection; None: search the raw descriptors.
+    pub projection: Option<ProjectionConfig>,
 }
 
 impl Default for PostConfig {
@@ -46,6 +56,7 @@ impl Default for PostConfig {
             dba_k: 10,
             neighbours_k: 21,
             debounce: Duration::from_millis(200),
+            projection: None,
         }
     }
 }
@@ -62,8 +73,14 @@ pub struct Snapshot {
     pub raw: Array2<f32>,
     /// None with fewer than two items (no neighbours to list).
     pub neighbours: Option<GalleryNeighbours>,
-    /// Re-normalised DBA vectors, when DBA is on.
+    /// Re-normalised DBA vectors (of the working rows), when DBA is on.
     pub dba: Option<Array2<f32>>,
+    /// The fitted projection, when configured and fittable (two items).
+    pub projection: Option<Arc<Projection>>,
+    /// `raw` projected (`projection.components()` wide).
+    pub projected: Option<Array2<f32>>,
+    /// Items added or removed since the projection was fitted.
+    pub since_fit: usize,
 }
 
 impl Snapshot {
@@ -76,8 +93,17 @@ impl Snapshot {
     ) -> Result<Self, RerankError> {
         let n = items.len();
         let raw = stack(items, dims)?;
+        let projection = match &cfg.projection {
+            Some(pc) => Projection::fit(raw.view(), pc)?.map(Arc::new),
+            None => None,
+        };
+        let projected = match &projection {
+            Some(p) => Some(p.transform(raw.view())?),
+            None => None,
+        };
+        let work = projected.as_ref().unwrap_or(&raw);
         let neighbours = if n >= 2 {
-            Some(GalleryNeighbours::build(raw.view(), cfg.neighbours_k)?)
+            Some(GalleryNeighbours::build(work.view(), cfg.neighbours_k)?)
         } else {
             None
         };
@@ -90,9 +116,9 @@ impl Snapshot {
                 let ranking: Vec<Vec<usize>> = (0..n)
                     .map(|i| neighbour_row(nb, i).iter().map(|&j| j as usize).collect())
                     .collect();
-                Some(query_dba(raw.view(), raw.view(), &ranking, k, true)?)
+                Some(query_dba(work.view(), work.view(), &ranking, k, true)?)
             }
-            (None, true) => Some(raw.clone()),
+            (None, true) => Some(work.clone()),
         };
         Ok(Self {
             generation,
@@ -101,6 +127,9 @@ impl Snapshot {
             raw,
             neighbours,
             dba,
+            projection,
+            projected,
+            since_fit: 0,
         })
     }
 
@@ -133,11 +162,23 @@ impl Snapshot {
             .collect();
         let kept = origin.iter().flatten().count();
         let changes = (items.len() - kept) + (self.len() - kept);
-        let (Some(old_nb), true) = (&self.neighbours, changes * 8 <= items.len()) else {
+        let since_fit = self.since_fit + changes;
+        // A refit changes every projected row: recompute in full then.
+        let refit = match &cfg.projection {
+            None => false,
+            Some(_) => self.projection.is_none() || since_fit * 8 > items.len(),
+        };
+        let (Some(old_nb), true, false) = (&self.neighbours, changes * 8 <= items.len(), refit)
+        else {
             return Self::compute_all(items, dims, cfg, generation);
         };
         let raw = stack(items, dims)?;
-        let nb = old_nb.updated(self.raw.view(), raw.view(), &origin, cfg.neighbours_k)?;
+        let projected = match &self.projection {
+            Some(p) => Some(self.projected_rows(p, raw.view(), &origin)?),
+            None => None,
+        };
+        let work = projected.as_ref().unwrap_or(&raw);
+        let nb = old_nb.updated(self.working(), work.view(), &origin, cfg.neighbours_k)?;
         let (dba, changed) = match (&self.dba, cfg.dba) {
             (Some(old_dba), true) => {
                 let k = cfg.dba_k.min(nb.k());
@@ -165,17 +206,17 @@ impl Snapshot {
                 // Nothing changed (say, an item added and removed again
                 // between refreshes): no DBA vector to recompute.
                 let fresh = if changed.is_empty() {
-                    Array2::<f32>::zeros((0, dims))
+                    Array2::<f32>::zeros((0, work.ncols()))
                 } else {
                     query_dba(
-                        raw.select(ndarray::Axis(0), &changed).view(),
-                        raw.view(),
+                        work.select(ndarray::Axis(0), &changed).view(),
+                        work.view(),
                         &ranking,
                         k,
                         true,
                     )?
                 };
-                let mut dba = Array2::<f32>::zeros(raw.raw_dim());
+                let mut dba = Array2::<f32>::zeros(work.raw_dim());
                 for (i, mut row) in dba.rows_mut().into_iter().enumerate() {
                     if let Some(o) = origin[i] {
                         row.assign(&old_dba.row(o));
@@ -199,9 +240,47 @@ impl Snapshot {
                 raw,
                 neighbours: Some(nb),
                 dba,
+                projection: self.projection.clone(),
+                projected,
+                since_fit,
             },
             changed,
         ))
+    }
+
+    /// `raw`'s rows projected with `p`: copied from this snapshot where
+    /// `origin` names one of its rows, else projected now.
+    fn projected_rows(
+        &self,
+        p: &Projection,
+        raw: ndarray::ArrayView2<f32>,
+        origin: &[Option<usize>],
+    ) -> Result<Array2<f32>, RerankError> {
+        let fresh: Vec<usize> = (0..origin.len()).filter(|&i| origin[i].is_none()).collect();
+        let new_rows = p.transform(raw.select(ndarray::Axis(0), &fresh).view())?;
+        let old = self.working();
+        let mut out = Array2::<f32>::zeros((origin.len(), p.components()));
+        for (i, mut row) in out.rows_mut().into_iter().enumerate() {
+            if let Some(o) = origin[i] {
+                row.assign(&old.row(o));
+            }
+        }
+        for (t, &i) in fresh.iter().enumerate() {
+            out.row_mut(i).assign(&new_rows.row(t));
+        }
+        Ok(out)
+    }
+
+    /// The rows every stage works on: projected when a projection is
+    /// fitted, else the raw descriptors.
+    pub fn working(&self) -> ndarray::ArrayView2<'_, f32> {
+        self.projected.as_ref().unwrap_or(&self.raw).view()
+    }
+
+    /// What the index should hold for each row (DBA vectors, else the
+    /// projected rows), `working().ncols()` wide; None: the raw descriptors.
+    pub fn indexed(&self) -> Option<&Array2<f32>> {
+        self.dba.as_ref().or(self.projected.as_ref())
     }
 
     /// A snapshot from saved parts (rows in id order, as computed).
@@ -219,6 +298,9 @@ impl Snapshot {
             raw,
             neighbours,
             dba,
+            projection: None,
+            projected: None,
+            since_fit: 0,
         }
     }
 

@@ -152,6 +152,7 @@ fn assert_state_equals_batch(g: &Gallery) {
         exact: false,
         filter: &Metadata::new(),
         exclude: None,
+        space: None,
     };
     for (row, id) in ids.iter().enumerate() {
         let e = g.get(id).unwrap();
@@ -159,7 +160,7 @@ fn assert_state_equals_batch(g: &Gallery) {
         assert_eq!(&e.vector[..], raw.row(row).as_slice().unwrap());
         // A search for an item's DBA vector finds the item first (through
         // the graph when the gallery has one).
-        assert_eq!(&g.search(&e.indexed, &p)[0].id, id);
+        assert_eq!(&g.search(&e.indexed, &p).unwrap()[0].id, id);
     }
 }
 
@@ -387,4 +388,178 @@ fn a_corrupt_or_foreign_saved_state_is_recomputed() {
     let g = gs.get("g").unwrap();
     assert_eq!(g.stats().post_generation, 1, "recomputed from the store");
     assert_state_equals_batch(&g);
+}
+
+/// The gallery-fitted projection on, DBA off or on, no refresher.
+fn projected(dba: bool, components: usize, beta: f64) -> PostConfig {
+    PostConfig {
+        dba,
+        projection: Some(super::projection::ProjectionConfig { components, beta }),
+        ..manual()
+    }
+}
+
+#[test]
+fn with_a_projection_online_kr_equals_batch_kr_in_the_projected_space() {
+    use crate::rerank::reference;
+    let dir = tempfile::tempdir().unwrap();
+    let g = open(dir.path(), projected(false, 6, 0.5));
+    g.upsert((0..80).map(item).collect()).unwrap();
+    g.refresh_post().unwrap();
+    let (ids, raw) = live_matrix(&g);
+    let n = ids.len();
+    assert_eq!(g.stats().projection_components, 6);
+    let params = KrParams::default();
+    for seed in [7u64, 8, 9] {
+        let q = item(5000 + seed).vector;
+        let qm = Array2::from_shape_vec((1, DIMS), q.clone()).unwrap();
+        let [pq, pg]: [Array2<f32>; 2] = reference::gallery_projection(&raw, 6, 0.5, &[&qm, &raw])
+            .try_into()
+            .unwrap();
+        let plan = Plan {
+            top_k: n,
+            ef: 256,
+            exact: true,
+            shortlist: n,
+            qe: None,
+            kr: Some(params),
+        };
+        let out = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
+        assert_eq!(out.stages, ["projection", "k_reciprocal"]);
+        let want: Vec<&str> = reference::kr(&pq, &pg, &params)[0]
+            .iter()
+            .map(|&(r, _)| ids[r].as_str())
+            .collect();
+        let got: Vec<&str> = out.hits.iter().map(|h| h.id.as_str()).collect();
+        assert_eq!(got, want, "KR over the projected rows");
+    }
+    // The index holds each item's projected row, zero-padded; GetItem
+    // still returns the raw descriptor.
+    let [pg]: [Array2<f32>; 1] = reference::gallery_projection(&raw, 6, 0.5, &[&raw])
+        .try_into()
+        .unwrap();
+    for (row, id) in ids.iter().enumerate().step_by(9) {
+        let e = g.get(id).unwrap();
+        assert_eq!(&e.vector[..], raw.row(row).as_slice().unwrap());
+        assert!(e.indexed[6..].iter().all(|&v| v == 0.0));
+        // Same point up to each component's sign: compare distances.
+        for other in (0..n).step_by(11) {
+            let o = g.get(&ids[other]).unwrap();
+            let ours: f32 = (0..6).map(|c| (e.indexed[c] - o.indexed[c]).powi(2)).sum();
+            let want: f32 = (&pg.row(row) - &pg.row(other)).mapv(|v| v * v).sum();
+            assert!((ours - want).abs() < 1e-4, "{id}: {ours} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn with_a_projection_and_dba_the_index_holds_dba_of_the_projected_rows() {
+    use crate::rerank::reference;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = projected(true, 8, 0.0);
+    let g = open(dir.path(), cfg.clone());
+    g.upsert((0..60).map(item).collect()).unwrap();
+    g.refresh_post().unwrap();
+    let (ids, raw) = live_matrix(&g);
+    let snap = g.post_snapshot().unwrap();
+    let work = snap.working().to_owned();
+    assert_eq!(work.ncols(), 8);
+    let nb = reference::neighbours(&work, cfg.dba_k);
+    let want = reference::dba(&work, &work, &nb, cfg.dba_k, true);
+    for (row, id) in ids.iter().enumerate() {
+        let e = g.get(id).unwrap();
+        for c in 0..8 {
+            assert!((e.indexed[c] - want[[row, c]]).abs() < 1e-5, "{id} col {c}");
+        }
+        assert_eq!(&e.vector[..], raw.row(row).as_slice().unwrap());
+    }
+    let out = online::search(
+        &g,
+        &item(3).vector,
+        &Plan {
+            top_k: 3,
+            ef: 64,
+            exact: true,
+            shortlist: 20,
+            qe: Some(QueryExpansion { k: 1, alpha: 0.0 }),
+            kr: Some(KrParams::default()),
+        },
+        &Metadata::new(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(out.stages, ["projection", "dba", "aqe", "k_reciprocal"]);
+    assert_eq!(out.hits[0].id, "item-0003");
+}
+
+#[test]
+fn items_added_after_a_fit_are_projected_and_a_refit_switches_the_space() {
+    let dir = tempfile::tempdir().unwrap();
+    // A graph (low exact limit), so both search paths see the space.
+    let g = open_with(dir.path(), projected(false, 6, 0.0), graph_params());
+    g.upsert((0..200).map(item).collect()).unwrap();
+    g.refresh_post().unwrap();
+    let first = g.post_snapshot().unwrap().projection.clone().unwrap();
+    let find = |id: &str, v: &[f32]| {
+        let plan = Plan {
+            top_k: 1,
+            ef: 64,
+            exact: false,
+            shortlist: 1,
+            qe: None,
+            kr: None,
+        };
+        let out = online::search(&g, v, &plan, &Metadata::new(), None).unwrap();
+        assert_eq!(out.hits[0].id, id, "an item is its own nearest");
+        // sqrt(2 (1 - a.b)) turns f32 rounding of a.b into ~3e-4.
+        assert!(
+            out.hits[0].distance < 1e-3,
+            "{id}: {}",
+            out.hits[0].distance
+        );
+    };
+    // Added after the fit: indexed in the fitted space at once.
+    let fresh = item(7001);
+    g.upsert(vec![NewItem {
+        id: "fresh".into(),
+        ..item(7001)
+    }])
+    .unwrap();
+    find("fresh", &fresh.vector);
+    let e = g.get("fresh").unwrap();
+    assert_eq!(e.indexed, first.apply(&fresh.vector).unwrap().into());
+
+    // A few changes keep the fit; past 1/8 of the gallery it is refitted.
+    g.refresh_post().unwrap();
+    let kept = g.post_snapshot().unwrap().projection.clone().unwrap();
+    assert!(Arc::ptr_eq(&first, &kept), "one item does not refit");
+    g.upsert((200..240).map(item).collect()).unwrap();
+    g.refresh_post().unwrap();
+    let second = g.post_snapshot().unwrap().projection.clone().unwrap();
+    assert!(!Arc::ptr_eq(&first, &second), "40 of 241 items refit");
+    for i in [0u64, 100, 239] {
+        let it = item(i);
+        find(&it.id, &it.vector);
+        assert_eq!(
+            g.get(&it.id).unwrap().indexed,
+            second.apply(&it.vector).unwrap().into()
+        );
+    }
+    find("fresh", &fresh.vector);
+
+    // A query projected with the old fit is refused, not answered in the
+    // wrong space.
+    let p = SearchParams {
+        k: 1,
+        ef: 64,
+        exact: false,
+        filter: &Metadata::new(),
+        exclude: None,
+        space: Some(&first),
+    };
+    assert!(matches!(
+        g.search(&first.apply(&fresh.vector).unwrap(), &p),
+        Err(SpaceChanged)
+    ));
+    assert_eq!(g.stats().projection_components, 6);
 }

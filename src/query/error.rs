@@ -130,7 +130,12 @@ impl ServiceError {
                 }
             },
             // Parameters are validated up front; what is left is a bug.
-            ServiceError::Online(_) => Kind::Internal,
+            ServiceError::Online(e) => match e {
+                // Parameters are validated up front; what is left is a bug.
+                OnlineError::Rerank(_) => Kind::Internal,
+                // The gallery's space moved under three tries in a row.
+                OnlineError::SpaceChanged => Kind::Unavailable,
+            },
             ServiceError::Auth(AuthError::ReadOnly) => Kind::PermissionDenied,
             ServiceError::Auth(_) => Kind::Unauthenticated,
         }

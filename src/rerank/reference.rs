@@ -170,10 +170,17 @@ pub(crate) fn dba(
     out
 }
 
-/// PCA fitted on `x` with min(p, n - 1, d) components, applied to `ys`:
-/// the scatter matrix by loops, nalgebra's symmetric eigensolver. Only the
-/// subspace matters for the distances the stages rank by.
-pub(crate) fn pca(x: &Array2<f32>, p: usize, ys: &[&Array2<f32>]) -> Vec<Array2<f32>> {
+/// The scatter matrix of `x` by loops, its eigen-decomposition by
+/// nalgebra: (mean, eigen-decomposition, the kept components' columns
+/// for min(p, n - 1, d) components, largest first).
+fn pca_fit(
+    x: &Array2<f32>,
+    p: usize,
+) -> (
+    Vec<f64>,
+    nalgebra::SymmetricEigen<f64, nalgebra::Dyn>,
+    Vec<usize>,
+) {
     let (n, d) = x.dim();
     let mean: Vec<f64> = (0..d)
         .map(|c| (0..n).map(|i| f64::from(x[[i, c]])).sum::<f64>() / n as f64)
@@ -190,16 +197,66 @@ pub(crate) fn pca(x: &Array2<f32>, p: usize, ys: &[&Array2<f32>]) -> Vec<Array2<
     let eig = nalgebra::SymmetricEigen::new(s);
     let keys: Vec<f64> = eig.eigenvalues.iter().map(|v| -v).collect();
     let keep: Vec<usize> = order(&keys).into_iter().take(p.min(n - 1).min(d)).collect();
+    (mean, eig, keep)
+}
+
+/// `ys` projected on the kept components, component c scaled by `scale(c)`.
+fn project(
+    ys: &[&Array2<f32>],
+    (mean, eig, keep): &(
+        Vec<f64>,
+        nalgebra::SymmetricEigen<f64, nalgebra::Dyn>,
+        Vec<usize>,
+    ),
+    scale: impl Fn(usize) -> f64,
+) -> Vec<Array2<f32>> {
+    let d = mean.len();
     ys.iter()
         .map(|y| {
             Array2::from_shape_fn((y.nrows(), keep.len()), |(i, c)| {
                 let u = eig.eigenvectors.column(keep[c]);
-                (0..d)
+                let v: f64 = (0..d)
                     .map(|a| (f64::from(y[[i, a]]) - mean[a]) * u[a])
-                    .sum::<f64>() as f32
+                    .sum();
+                (v * scale(c)) as f32
             })
         })
         .collect()
+}
+
+/// PCA fitted on `x` with min(p, n - 1, d) components, applied to `ys`.
+/// Only the subspace matters for the distances the stages rank by.
+pub(crate) fn pca(x: &Array2<f32>, p: usize, ys: &[&Array2<f32>]) -> Vec<Array2<f32>> {
+    project(ys, &pca_fit(x, p), |_| 1.0)
+}
+
+/// The gallery-fitted projection of spec section 3, fitted on `x` and
+/// applied to `ys`: eigenvalues of the covariance (scatter / (n - 1)),
+/// each component scaled by `s^(-beta/2)`, every row normalised.
+pub(crate) fn gallery_projection(
+    x: &Array2<f32>,
+    p: usize,
+    beta: f64,
+    ys: &[&Array2<f32>],
+) -> Vec<Array2<f32>> {
+    let fit = pca_fit(x, p);
+    let var: Vec<f64> = fit
+        .2
+        .iter()
+        .map(|&c| fit.1.eigenvalues[c] / (x.nrows() - 1) as f64)
+        .collect();
+    let mut out = project(ys, &fit, |c| var[c].powf(-beta / 2.0));
+    for y in &mut out {
+        for mut row in y.rows_mut() {
+            let n = row
+                .iter()
+                .map(|v| f64::from(*v).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            row.mapv_inplace(|v| (f64::from(v) / n) as f32);
+        }
+    }
+    out
 }
 
 /// KR over P = queries + gallery, literally as spec section 3 reads;
