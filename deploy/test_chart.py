@@ -153,6 +153,15 @@ class Rendered(unittest.TestCase):
         self.assertFalse([k for k in objs if k.startswith("Secret/")])
         volumes = {v["name"]: v for v in one(objs, "StatefulSet")["spec"]["template"]["spec"]["volumes"]}
         self.assertEqual(volumes["api-keys"]["secret"]["secretName"], "keys-v2")
+        # Rendered without a cluster the Secret's data is unseen: the
+        # revision value rolls the pods, and so does another Secret.
+        bumped = copy.deepcopy(existing)
+        bumped["apiKeys"]["existingSecretRevision"] = "2"
+        other = copy.deepcopy(existing)
+        other["apiKeys"]["existingSecret"] = "keys-v3"
+        sums = {checksum(existing), checksum(bumped), checksum(other)}
+        self.assertEqual(len(sums), 3)
+        self.assertEqual(checksum(existing), checksum(copy.deepcopy(existing)))
 
     def test_no_keys_no_tls_by_default(self):
         objs, cfg = rendered(ci("default"))

@@ -30,8 +30,23 @@ impl TraceService for Collector {
     }
 }
 
-/// (span name, string attributes) of every span in an export.
-fn spans(req: &ExportTraceServiceRequest) -> Vec<(String, Vec<(String, String)>)> {
+/// One exported span: name, string attributes, its id and its parent's.
+#[derive(Debug, Clone)]
+struct Exported {
+    name: String,
+    attrs: Vec<(String, String)>,
+    id: Vec<u8>,
+    parent: Vec<u8>,
+}
+
+impl Exported {
+    fn has(&self, key: &str, value: &str) -> bool {
+        self.attrs.contains(&(key.into(), value.into()))
+    }
+}
+
+/// Every span in an export.
+fn spans(req: &ExportTraceServiceRequest) -> Vec<Exported> {
     let mut out = Vec::new();
     for rs in &req.resource_spans {
         for ss in &rs.scope_spans {
@@ -44,7 +59,12 @@ fn spans(req: &ExportTraceServiceRequest) -> Vec<(String, Vec<(String, String)>)
                         _ => None,
                     })
                     .collect();
-                out.push((s.name.clone(), attrs));
+                out.push(Exported {
+                    name: s.name.clone(),
+                    attrs,
+                    id: s.span_id.clone(),
+                    parent: s.parent_span_id.clone(),
+                });
             }
         }
     }
@@ -52,7 +72,7 @@ fn spans(req: &ExportTraceServiceRequest) -> Vec<(String, Vec<(String, String)>)
 }
 
 #[tokio::test]
-async fn request_spans_with_their_id_reach_the_collector() {
+async fn request_and_stage_spans_with_their_id_reach_the_collector() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector = listener.local_addr().unwrap();
     let (tx, mut exports) = mpsc::unbounded_channel();
@@ -69,7 +89,8 @@ async fn request_spans_with_their_id_reach_the_collector() {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "50"),
-            ("RUST_LOG", "info"),
+            // Stage spans are debug level.
+            ("RUST_LOG", "info,lookalike=debug"),
         ],
     );
     let mut client = server.client().await;
@@ -78,21 +99,58 @@ async fn request_spans_with_their_id_reach_the_collector() {
         .insert("x-request-id", "otlp-trace-7".parse().unwrap());
     client.list_galleries(req).await.unwrap();
 
-    let want = |(name, attrs): &(String, Vec<(String, String)>)| {
-        name == "request"
-            && attrs.contains(&("id".into(), "otlp-trace-7".into()))
-            && attrs.contains(&("rpc".into(), "/lookalike.v1.Retrieval/ListGalleries".into()))
+    // A search by image: its stages (embedding's, then the search's on the
+    // blocking pool) nest under the request span.
+    client
+        .create_gallery(pb::CreateGalleryRequest {
+            gallery: "g".into(),
+        })
+        .await
+        .unwrap();
+    let mut req = Request::new(pb::SearchRequest {
+        gallery: "g".into(),
+        query: Some(pb::search_request::Query::Image(common::read_image(
+            &common::split("val")[0].0,
+        ))),
+        top_k: 3,
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("x-request-id", "otlp-search-8".parse().unwrap());
+    client.search(req).await.unwrap();
+
+    let mut seen: Vec<Exported> = Vec::new();
+    let complete = |seen: &[Exported]| {
+        let listed = seen.iter().any(|s| {
+            s.name == "request"
+                && s.has("id", "otlp-trace-7")
+                && s.has("rpc", "/lookalike.v1.Retrieval/ListGalleries")
+        });
+        let search = seen
+            .iter()
+            .find(|s| s.name == "request" && s.has("id", "otlp-search-8"));
+        let child = |stage: &str| {
+            search.is_some_and(|r| {
+                seen.iter()
+                    .any(|s| s.name == "stage" && s.has("stage", stage) && s.parent == r.id)
+            })
+        };
+        let decoded = search.is_some_and(|r| {
+            seen.iter()
+                .any(|s| s.name == "decode" && s.parent == r.id)
+        });
+        listed && decoded && child("search")
     };
-    let found = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(export) = exports.recv().await {
-            if spans(&export).iter().any(want) {
-                return true;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !complete(&seen) {
+            match exports.recv().await {
+                Some(export) => seen.extend(spans(&export)),
+                None => break,
             }
         }
-        false
     })
     .await
-    .expect("no matching span exported within 60 s");
-    assert!(found);
+    .unwrap_or_else(|_| panic!("spans missing after 60 s; exported: {seen:#?}"));
+    assert!(complete(&seen), "exported: {seen:#?}");
     server.stop().await;
 }

@@ -71,8 +71,12 @@ impl Batch {
         let queries = self.resolve(&call.gallery, &call.queries).await?;
         let mut timings = vec![("resolve_queries", t.elapsed())];
         let g = call.gallery.clone();
+        // Stage spans under the request span, which the pool does not inherit.
+        let request = tracing::Span::current();
         let (ids, metas, outputs, more) = tokio::task::spawn_blocking(move || {
+            let _request = request.enter();
             let t = Instant::now();
+            let span = tracing::debug_span!("stage", stage = "gallery_snapshot").entered();
             let (items, _) = g.list(None, usize::MAX);
             let dims = g.dims();
             let mut gm = Array2::<f32>::zeros((items.len(), dims));
@@ -80,7 +84,9 @@ impl Batch {
                 row.assign(&ArrayView1::from(&e.vector[..]));
             }
             let snap = t.elapsed();
+            drop(span);
             let t = Instant::now();
+            let _span = tracing::debug_span!("stage", stage = "batch_pipeline").entered();
             let out = pipeline.run(queries.view(), gm.view());
             let (ids, metas): (Vec<String>, Vec<_>) =
                 items.into_iter().map(|(id, e)| (id, e.metadata)).unzip();

@@ -109,11 +109,11 @@ fn attempt(
             None => Ok(v.to_vec()),
         }
     };
-    let t = Instant::now();
+    let t = Stage::start("projection");
     let q = into_space(q)?;
     if space.is_some() {
         stages.push("projection");
-        timings.push(("projection", t.elapsed()));
+        timings.push(t.end());
     }
     let q = &q[..];
     // The index holds DBA vectors once a refresh has computed them.
@@ -133,14 +133,14 @@ fn attempt(
         exclude,
         space: space.as_ref(),
     };
-    let t = Instant::now();
+    let t = Stage::start("search");
     let first_k = plan.qe.map_or(want, |qe| qe.k.max(want));
     let mut hits = g.search(q, &params(first_k))?;
-    timings.push(("search", t.elapsed()));
+    timings.push(t.end());
 
     let mut query = q.to_vec();
     if let Some(qe) = plan.qe {
-        let t = Instant::now();
+        let t = Stage::start("query_expansion");
         let k = qe.k.min(hits.len());
         let expanded = if k == 0 {
             None
@@ -152,19 +152,19 @@ fn attempt(
                 .collect::<Result<_, _>>()?;
             expand(q, &rows, qe.alpha)?
         };
-        timings.push(("query_expansion", t.elapsed()));
+        timings.push(t.end());
         if let Some(q2) = expanded {
             stages.push(if qe.alpha > 0.0 { "alpha_qe" } else { "aqe" });
-            let t = Instant::now();
+            let t = Stage::start("search_expanded");
             hits = g.search(&q2, &params(want))?;
-            timings.push(("search_expanded", t.elapsed()));
+            timings.push(t.end());
             query = q2;
         }
     }
     hits.truncate(want);
 
     if let Some(kr) = &plan.kr {
-        let t = Instant::now();
+        let t = Stage::start("k_reciprocal");
         // KR needs each shortlisted item's stored neighbour list. Until the
         // refresh after a write has run (GalleryStats.stale_items), a
         // shortlist holding an item added since is answered without KR,
@@ -202,7 +202,7 @@ fn attempt(
                     }
                 }
             }
-            timings.push(("k_reciprocal", t.elapsed()));
+            timings.push(t.end());
         }
     }
     hits.truncate(plan.top_k);
@@ -211,6 +211,29 @@ fn attempt(
         timings,
         stages,
     })
+}
+
+/// One timed stage, with a tracing span (debug level, like the embed
+/// stages) under whatever span the caller entered: the request's.
+struct Stage {
+    name: &'static str,
+    started: Instant,
+    _span: tracing::span::EnteredSpan,
+}
+
+impl Stage {
+    fn start(name: &'static str) -> Self {
+        Self {
+            name,
+            started: Instant::now(),
+            _span: tracing::debug_span!("stage", stage = name).entered(),
+        }
+    }
+
+    /// Closes the span; the stage's name and time, for `Outcome.timings`.
+    fn end(self) -> (&'static str, Duration) {
+        (self.name, self.started.elapsed())
+    }
 }
 
 /// Spec AQE / alpha-QE over the top rows, re-normalised (the online

@@ -76,7 +76,11 @@ impl Searcher {
         let plan = plan::plan(opts.post, &limits, k, ef, opts.exact)?;
         let (q, exclude, mut timings) = resolve(&self.engine, &g, query).await?;
         let filter = opts.filter;
+        // The blocking pool does not inherit the request span: carry it,
+        // so the stage spans nest under it.
+        let span = tracing::Span::current();
         let out = tokio::task::spawn_blocking(move || {
+            let _request = span.enter();
             crate::gallery::online::search(&g, &q, &plan, &filter, exclude.as_deref())
         })
         .await??;
