@@ -110,7 +110,7 @@ async fn request_and_stage_spans_with_their_id_reach_the_collector() {
     let mut req = Request::new(pb::SearchRequest {
         gallery: "g".into(),
         query: Some(pb::search_request::Query::Image(common::read_image(
-            &common::split("val")[0].0,
+            &common::split("val.txt")[0].0,
         ))),
         top_k: 3,
         ..Default::default()
@@ -135,10 +135,8 @@ async fn request_and_stage_spans_with_their_id_reach_the_collector() {
                     .any(|s| s.name == "stage" && s.has("stage", stage) && s.parent == r.id)
             })
         };
-        let decoded = search.is_some_and(|r| {
-            seen.iter()
-                .any(|s| s.name == "decode" && s.parent == r.id)
-        });
+        let decoded =
+            search.is_some_and(|r| seen.iter().any(|s| s.name == "decode" && s.parent == r.id));
         listed && decoded && child("search")
     };
     tokio::time::timeout(Duration::from_secs(60), async {

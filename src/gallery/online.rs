@@ -111,9 +111,10 @@ fn attempt(
     };
     let t = Stage::start("projection");
     let q = into_space(q)?;
+    let projected = t.end();
     if space.is_some() {
         stages.push("projection");
-        timings.push(t.end());
+        timings.push(projected);
     }
     let q = &q[..];
     // The index holds DBA vectors once a refresh has computed them.
