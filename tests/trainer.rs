@@ -202,6 +202,61 @@ fn resumed_run_repeats_the_uninterrupted_loss_curve() {
 }
 
 #[test]
+fn ctrl_c_checkpoints_the_step_reached_and_resume_continues_from_it() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let list = list_file(tmp.path());
+    let run = tmp.path().join("run");
+    let mut args = train_args(list.to_str().unwrap(), run.to_str().unwrap(), "200");
+    args.push("--no-export");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once it is training (a step logged), between checkpoints.
+    let started = std::time::Instant::now();
+    while !run.join("metrics.jsonl").exists() || step_losses(&run).len() < 2 {
+        assert!(started.elapsed().as_secs() < 600, "no training steps");
+        assert!(child.try_wait().unwrap().is_none(), "trainer exited early");
+        // Polling the run's own log, not waiting out a race.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "after Ctrl-C: {:?} {stdout}",
+        out.status
+    );
+    let steps = step_losses(&run).len();
+    assert!(
+        stdout.contains(&format!("stopped after {steps} steps")),
+        "{stdout}"
+    );
+    assert!(steps < 600, "stopped long before the end");
+    let checkpoint = run.join(format!("checkpoints/step-{steps:08}"));
+    assert!(checkpoint.is_dir(), "no checkpoint at the interrupted step");
+    // Resumed from there: the step count carries on, nothing repeated.
+    let want = (steps + 2).to_string();
+    trainer(&[
+        "resume",
+        run.to_str().unwrap(),
+        "--max-steps",
+        &want,
+        "--no-export",
+        "--no-progress",
+    ]);
+    assert_eq!(step_losses(&run).len(), steps + 2);
+}
+
+#[test]
 fn the_server_binary_does_not_link_libtorch() {
     let out = Command::new("ldd")
         .arg(env!("CARGO_BIN_EXE_lookalike"))

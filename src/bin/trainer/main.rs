@@ -42,6 +42,10 @@ struct RunLimits {
     /// Log lines instead of a progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Memory for the decoded training images (MiB); images beyond it are
+    /// decoded again from disk for each batch (slower, same run).
+    #[arg(long, default_value_t = 4096)]
+    cache_mb: usize,
 }
 
 #[derive(Subcommand)]
@@ -89,15 +93,30 @@ enum Command {
     },
 }
 
-fn limits(l: &RunLimits) -> Limits {
-    Limits {
+fn limits(l: &RunLimits) -> anyhow::Result<Limits> {
+    Ok(Limits {
         max_steps: l.max_steps,
         max_duration: l
             .max_minutes
             .map(|m| Duration::from_secs_f64(m.max(0.0) * 60.0)),
         export: !l.no_export,
         progress_bar: !l.no_progress,
+        stop: Some(stop_on_signals()?),
+        cache_bytes: l.cache_mb.saturating_mul(1 << 20),
+    })
+}
+
+/// Ctrl-C or SIGTERM sets the flag the training loop checks after each
+/// step (it then checkpoints and returns); a second one exits at once.
+fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // Registered first, so it sees the flag before this signal sets it.
+        signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone())?;
+        signal_hook::flag::register(sig, flag.clone())?;
     }
+    Ok(flag)
 }
 
 fn report(s: &crate::train::run::Summary) {
@@ -179,11 +198,11 @@ fn main() -> anyhow::Result<()> {
                 run_dir.display(),
                 run_dir.display()
             );
-            let s = train(Some(&config), &run_dir, limits(&l))?;
+            let s = train(Some(&config), &run_dir, limits(&l)?)?;
             report(&s);
         }
         Command::Resume { run_dir, limits: l } => {
-            let s = train(None, &run_dir, limits(&l))?;
+            let s = train(None, &run_dir, limits(&l)?)?;
             report(&s);
         }
         Command::Export {

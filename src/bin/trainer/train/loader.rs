@@ -1,5 +1,5 @@
-//! Batches made ahead of the training step on loader threads: images decoded once and
-//! cached at the serving resize, each batch's order and augmentation a pure function of
+//! Batches made ahead of the training step on loader threads from the resized images
+//! ([`Images`]), each batch's order and augmentation a pure function of
 //! (seed, epoch, step), so a resumed run sees exactly the batches it would have seen.
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,10 +13,10 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use image::RgbImage;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::SeedableRng;
-use rayon::prelude::*;
 
 use crate::train::augment::{augment, AugmentConfig, Target};
 use crate::train::error::{Result, TrainError};
+use crate::train::images::Images;
 use lookalike::embed::preprocess::{decode, DecodeLimits};
 
 /// A 64-bit mix of several counters (splitmix64 steps), for per-item RNG seeds.
@@ -54,11 +54,6 @@ pub fn load_resized(path: &Path, resize: u32) -> Result<RgbImage> {
         .map_err(|e| fail(&e))?;
     RgbImage::from_raw(nw, nh, dst.into_vec())
         .ok_or_else(|| TrainError::Data(format!("{}: resize produced no image", path.display())))
-}
-
-/// Decoded training images, in the order of `paths`.
-pub fn cache_images(paths: &[&Path], resize: u32) -> Result<Vec<RgbImage>> {
-    paths.par_iter().map(|p| load_resized(p, resize)).collect()
 }
 
 /// The batches of one epoch: (cache index, label) pairs; the last partial batch is
@@ -111,15 +106,15 @@ pub struct Batch {
 }
 
 pub struct Loader {
-    rx: Receiver<(usize, Batch)>,
-    pending: BTreeMap<usize, Batch>,
+    rx: Receiver<(usize, Result<Batch>)>,
+    pending: BTreeMap<usize, Result<Batch>>,
     next: usize,
     total: usize,
     workers: Vec<JoinHandle<()>>,
 }
 
 pub struct LoaderSpec {
-    pub images: Arc<Vec<RgbImage>>,
+    pub images: Arc<Images>,
     pub augment: Arc<AugmentConfig>,
     pub target: Target,
     pub seed: u64,
@@ -161,8 +156,9 @@ impl Loader {
 }
 
 impl Iterator for Loader {
-    type Item = Batch;
-    fn next(&mut self) -> Option<Batch> {
+    /// Err: an image that could not be read again from disk.
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Result<Batch>> {
         if self.next >= self.total {
             return None;
         }
@@ -187,25 +183,25 @@ impl Drop for Loader {
     }
 }
 
-fn make_batch(spec: &LoaderSpec, step: usize, items: &[(usize, usize)]) -> Batch {
+fn make_batch(spec: &LoaderSpec, step: usize, items: &[(usize, usize)]) -> Result<Batch> {
     let s = spec.target.size as usize;
     let per = 3 * s * s;
     let mut images = vec![0.0; items.len() * per];
     for (j, ((idx, _), out)) in items.iter().zip(images.chunks_exact_mut(per)).enumerate() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(mix(&[spec.seed, step as u64, j as u64]));
         augment(
-            &spec.images[*idx],
+            &*spec.images.get(*idx)?,
             &spec.augment,
             &spec.target,
             &mut rng,
             out,
         );
     }
-    Batch {
+    Ok(Batch {
         step,
         images,
         labels: items.iter().map(|&(_, l)| l as i64).collect(),
-    }
+    })
 }
 
 #[cfg(test)]

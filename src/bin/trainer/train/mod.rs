@@ -8,6 +8,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod export;
+pub mod images;
 pub mod loader;
 pub mod loss;
 pub mod optim;

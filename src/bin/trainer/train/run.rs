@@ -3,6 +3,7 @@
 //! `export/`. Resuming continues from the newest checkpoint with the saved config.
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,8 @@ use crate::train::checkpoint::{self, Progress, BEST};
 use crate::train::config::TrainConfig;
 use crate::train::data::{split, Dataset, Split};
 use crate::train::error::{Result, TrainError};
-use crate::train::loader::{cache_images, epoch_batches, mix, Loader, LoaderSpec};
+use crate::train::images::Images;
+use crate::train::loader::{epoch_batches, mix, Loader, LoaderSpec};
 use crate::train::loss::{MarginLoss, CLASS_WEIGHT_KEY};
 use crate::train::optim::{Group, Optimizer};
 use crate::train::params::{self, ModelVars};
@@ -34,7 +36,7 @@ pub const SPLIT_FILE: &str = "split.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
 /// Per-invocation stopping points (not part of the run's definition).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Limits {
     /// Stop (with a checkpoint) once this many steps are done in total.
     pub max_steps: Option<usize>,
@@ -42,6 +44,11 @@ pub struct Limits {
     /// Export at the end of training (`trainer export` does it later otherwise).
     pub export: bool,
     pub progress_bar: bool,
+    /// Set by Ctrl-C / SIGTERM: stop after the current step, with a
+    /// checkpoint, as at the other limits.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Memory for decoded training images; the rest are read again per batch.
+    pub cache_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -301,15 +308,18 @@ pub fn train(cfg: Option<&TrainConfig>, run: &Path, limits: Limits) -> Result<Su
         .map(|&(i, _)| ds.samples[i].path.as_path())
         .collect();
     let t0 = Instant::now();
-    let images = Arc::new(cache_images(&train_paths, spec.resize)?);
+    let images = Arc::new(Images::load(&train_paths, spec.resize, limits.cache_bytes)?);
     let val_items: Vec<(&Path, usize)> = sp
         .val
         .iter()
         .map(|&i| (ds.samples[i].path.as_path(), ds.samples[i].class))
         .collect();
     let val = ValSet::prepare(&val_items, &spec)?;
+    let (cached, cached_bytes) = images.cached();
     tracing::info!(
         train = images.len(),
+        cached,
+        cached_mb = cached_bytes >> 20,
         val = val.len(),
         classes = sp.train_classes,
         secs = t0.elapsed().as_secs_f64(),
@@ -390,6 +400,7 @@ pub fn train(cfg: Option<&TrainConfig>, run: &Path, limits: Limits) -> Result<Su
         );
         let mut last_tick = Instant::now();
         for batch in loader {
+            let batch = batch?;
             let step = batch.step;
             let n = batch.labels.len() as i64;
             let s = target.size as i64;
@@ -438,7 +449,15 @@ pub fn train(cfg: Option<&TrainConfig>, run: &Path, limits: Limits) -> Result<Su
                     "train"
                 );
             }
-            let at_limit = limits.max_steps.is_some_and(|m| done >= m)
+            let interrupted = (limits.stop.as_ref()).is_some_and(|f| f.load(Ordering::Relaxed));
+            if interrupted {
+                tracing::warn!(
+                    step = done,
+                    "interrupted: checkpointing; `trainer resume` continues"
+                );
+            }
+            let at_limit = interrupted
+                || limits.max_steps.is_some_and(|m| done >= m)
                 || limits.max_duration.is_some_and(|d| started.elapsed() >= d);
             if done.is_multiple_of(cfg.checkpoint_every.max(1)) || at_limit {
                 st.save(&checkpoint::step_dir(run, done))?;
