@@ -73,6 +73,18 @@ fn live_matrix(g: &Gallery) -> (Vec<String>, Array2<f32>) {
     (items.into_iter().map(|(id, _)| id).collect(), m)
 }
 
+/// KR (default parameters) over every item of an `n`-item gallery, exact search.
+fn whole_gallery_kr(n: usize) -> Plan {
+    Plan {
+        top_k: n,
+        ef: 256,
+        exact: true,
+        shortlist: n,
+        qe: None,
+        kr: Some(KrParams::default()),
+    }
+}
+
 #[test]
 fn online_kr_over_the_whole_gallery_equals_batch_kr_with_one_query() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,15 +96,7 @@ fn online_kr_over_the_whole_gallery_equals_batch_kr_with_one_query() {
     let params = KrParams::default();
     for seed in [7u64, 8, 9] {
         let q = item(5000 + seed).vector;
-        let plan = Plan {
-            top_k: n,
-            ef: 256,
-            exact: true,
-            shortlist: n,
-            qe: None,
-            kr: Some(params),
-        };
-        let out = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
+        let out = online::search(&g, &q, &whole_gallery_kr(n), &Metadata::new(), None).unwrap();
         let qm = Array2::from_shape_vec((1, DIMS), q.clone()).unwrap();
         let batch = k_reciprocal(qm.view(), raw.view(), &params, n).unwrap();
         let want: Vec<&str> = batch.ids[0].iter().map(|&r| ids[r].as_str()).collect();
@@ -416,15 +420,7 @@ fn with_a_projection_online_kr_equals_batch_kr_in_the_projected_space() {
         let [pq, pg]: [Array2<f32>; 2] = reference::gallery_projection(&raw, 6, 0.5, &[&qm, &raw])
             .try_into()
             .unwrap();
-        let plan = Plan {
-            top_k: n,
-            ef: 256,
-            exact: true,
-            shortlist: n,
-            qe: None,
-            kr: Some(params),
-        };
-        let out = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
+        let out = online::search(&g, &q, &whole_gallery_kr(n), &Metadata::new(), None).unwrap();
         assert_eq!(out.stages, ["projection", "k_reciprocal"]);
         let want: Vec<&str> = reference::kr(&pq, &pg, &params)[0]
             .iter()
