@@ -13,6 +13,7 @@ pub mod onnx_ops;
 pub mod onnx_pb;
 pub mod ops;
 pub mod spec_ops;
+pub mod synthetic;
 pub mod tensor;
 pub mod upcast;
 pub mod vars;

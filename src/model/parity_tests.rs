@@ -238,26 +238,7 @@ fn parity_dla102x() {
 
 /// Small random weights, unit running variance, for every tensor the model reads.
 fn synthetic_state(arch: Arch, head: &HeadConfig, classifier: bool) -> StateDict {
-    let specs = parameter_specs(arch, head, classifier).unwrap();
-    specs
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let n = s.shape.iter().product();
-            let data = if s.key.ends_with("running_var") {
-                vec![1.0; n]
-            } else {
-                pseudo_random(i as u32, n)
-                    .iter()
-                    .map(|v| v * 0.05)
-                    .collect()
-            };
-            (
-                s.key.clone(),
-                HostTensor::new(s.shape.clone(), data).unwrap(),
-            )
-        })
-        .collect()
+    crate::model::synthetic::weights(&parameter_specs(arch, head, classifier).unwrap(), 0, 0.05)
 }
 
 #[test]

@@ -121,15 +121,7 @@ fn argmax(v: &[f32]) -> usize {
         .unwrap()
 }
 
-pub(super) fn pseudo_random(seed: u32, n: usize) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect()
-}
+pub(super) use crate::model::synthetic::pseudo_random;
 
 pub(super) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -704,22 +696,7 @@ fn resnet50_export_runs_in_ort_with_synthetic_weights() {
     let mut spec = SpecOps::default();
     let root = VarPath::root();
     Arch::Resnet50.features(&mut spec, &3, &root).unwrap();
-    let mut state = StateDict::new();
-    for (i, s) in spec.specs.iter().enumerate() {
-        let n = s.shape.iter().product();
-        let data = if s.key.ends_with("running_var") {
-            vec![1.0; n]
-        } else {
-            pseudo_random(i as u32, n)
-                .iter()
-                .map(|v| v * 0.05)
-                .collect()
-        };
-        state.insert(
-            s.key.clone(),
-            HostTensor::new(s.shape.clone(), data).unwrap(),
-        );
-    }
+    let state = crate::model::synthetic::weights(&spec.specs, 0, 0.05);
     let mut o = ExportOptions::new(Arch::Resnet50, "unused", "r50.onnx");
     o.gd_config = "SMG".into();
     o.input_size = 128;

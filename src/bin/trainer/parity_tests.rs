@@ -15,6 +15,7 @@ use lookalike::model::forward::{forward, HEAD_PREFIX};
 use lookalike::model::graph::encode;
 use lookalike::model::head::HeadConfig;
 use lookalike::model::spec_ops::parameter_specs;
+use lookalike::model::synthetic::{pseudo_random, weights as synthetic};
 use lookalike::model::tensor::HostTensor;
 use lookalike::model::weights::safetensors::load_safetensors;
 use lookalike::model::weights::StateDict;
@@ -52,39 +53,6 @@ fn reference(arch: Arch) -> (StateDict, HostTensor, HostTensor) {
             .unwrap_or_else(|| panic!("reference lacks {k}"))
     };
     (state, take("input"), take("features"))
-}
-
-fn pseudo_random(seed: u32, n: usize) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// Small random values (unit running variance) for every key `specs` lists.
-fn synthetic(specs: &[lookalike::model::spec_ops::ParamSpec], seed: u32, gain: f32) -> StateDict {
-    specs
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let n = s.shape.iter().product();
-            let data = if s.key.ends_with("running_var") {
-                vec![1.0; n]
-            } else {
-                pseudo_random(seed + i as u32, n)
-                    .iter()
-                    .map(|v| v * gain)
-                    .collect()
-            };
-            (
-                s.key.clone(),
-                HostTensor::new(s.shape.clone(), data).unwrap(),
-            )
-        })
-        .collect()
 }
 
 fn session(bytes: &[u8]) -> Session {
