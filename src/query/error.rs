@@ -8,6 +8,8 @@ use crate::gallery::online::OnlineError;
 use crate::gallery::GalleryError;
 use crate::security::auth::AuthError;
 
+use super::admission::AdmissionError;
+
 /// What went wrong, as a client needs to tell it apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -18,7 +20,7 @@ pub enum Kind {
     AlreadyExists,
     /// Descriptor or gallery of another model.
     FailedPrecondition,
-    /// Retry later: the embedding queue is full.
+    /// Retry later: the embedding queue or the search admission is full.
     Overloaded,
     /// Shutting down, or an inference worker died.
     Unavailable,
@@ -102,6 +104,8 @@ pub enum ServiceError {
     Online(#[from] OnlineError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
 }
 
 impl ServiceError {
@@ -138,6 +142,7 @@ impl ServiceError {
             },
             ServiceError::Auth(AuthError::ReadOnly) => Kind::PermissionDenied,
             ServiceError::Auth(_) => Kind::Unauthenticated,
+            ServiceError::Admission(_) => Kind::Overloaded,
         }
     }
 
