@@ -14,6 +14,7 @@
 //!    against `[embed] max_in_flight = 32` and the default search
 //!    admission, so both bounds are hit;
 //! 4. recovery: the steady load again, expected free of errors.
+//!
 //! Per phase: throughput and p50 / p99 / p999 latency per operation, every
 //! error by status code (RETRY_LATER outcomes included), and the server's
 //! peak RSS (/proc), embedding queue depth and searches running (sampled
@@ -150,6 +151,8 @@ struct Peaks {
     rss_max: f64,
     queue_max: f64,
     running_max: f64,
+    /// Every sample, 100 ms apart.
+    rss: Vec<f64>,
 }
 
 /// Samples the server every 100 ms until `stop`.
@@ -164,6 +167,7 @@ fn sample(pid: u32, admin: String, stop: Arc<AtomicBool>) -> std::thread::JoinHa
             let (queue, running) = gauges(&admin);
             p.rss_max = p.rss_max.max(rss);
             p.rss_last = rss;
+            p.rss.push(rss);
             p.queue_max = p.queue_max.max(queue);
             p.running_max = p.running_max.max(running);
             std::thread::sleep(Duration::from_millis(100));
@@ -470,6 +474,15 @@ async fn phase(
         "server RSS: {:.0} MiB at start, {:.0} MiB peak, {:.0} MiB at end; embed queue depth peak {:.0}, searches running peak {:.0}",
         peaks.rss_first, peaks.rss_max, peaks.rss_last, peaks.queue_max, peaks.running_max
     );
+    if peaks.rss.len() >= 10 {
+        let tenths: Vec<String> = (1..=10)
+            .map(|i| format!("{:.0}", peaks.rss[i * (peaks.rss.len() - 1) / 10]))
+            .collect();
+        println!(
+            "server RSS MiB at each tenth of the phase: {}",
+            tenths.join(" ")
+        );
+    }
     errors
 }
 

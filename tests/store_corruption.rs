@@ -59,9 +59,15 @@ async fn refuses_or_intact(data: &Path, dims: usize, what: &str) -> Option<Strin
                 msg.contains(&format!("opening the galleries in {}", data.display())),
                 "{what}: the refusal does not name the store: {msg}"
             );
-            assert!(!msg.contains("panicked"), "{what}: a panic, not a refusal: {msg}");
+            assert!(
+                !msg.contains("panicked"),
+                "{what}: a panic, not a refusal: {msg}"
+            );
             // anyhow's "Caused by:" chain: the innermost cause says what is wrong.
-            let cause = msg.lines().skip_while(|l| !l.starts_with("Caused by")).nth(1);
+            let cause = msg
+                .lines()
+                .skip_while(|l| !l.starts_with("Caused by"))
+                .nth(1);
             println!("{what}: refused: {}", cause.unwrap_or("").trim());
             Some(msg)
         }

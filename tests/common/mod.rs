@@ -129,13 +129,9 @@ impl Server {
         Self::start_cmd(data_dir, extra_config, manifest, env, &[])
     }
 
-    fn start_cmd(
-        data_dir: &Path,
-        extra_config: &str,
-        manifest: &Path,
-        env: &[(&str, &str)],
-        prefix: &[String],
-    ) -> Self {
+    /// `lookalike serve` on a free port with the config written next to
+    /// `data_dir`, stdout piped (for the "listening on" lines).
+    fn command(data_dir: &Path, extra_config: &str, manifest: &Path, prefix: &[String]) -> Command {
         let config = data_dir.with_extension("toml");
         std::fs::write(&config, extra_config).unwrap();
         let bin = env!("CARGO_BIN_EXE_lookalike");
@@ -147,8 +143,7 @@ impl Server {
             }
             None => Command::new(bin),
         };
-        let mut child = cmd
-            .args(["serve", "--listen", "127.0.0.1:0"])
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .arg("--config")
             .arg(&config)
             .arg("--data-dir")
@@ -158,8 +153,19 @@ impl Server {
             .arg("--ort-dylib")
             .arg(ort_dylib())
             .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped());
+        cmd
+    }
+
+    fn start_cmd(
+        data_dir: &Path,
+        extra_config: &str,
+        manifest: &Path,
+        env: &[(&str, &str)],
+        prefix: &[String],
+    ) -> Self {
+        let mut child = Self::command(data_dir, extra_config, manifest, prefix)
             .envs(env.iter().copied())
-            .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -184,20 +190,7 @@ impl Server {
     /// Starts the server, or returns how it failed to start: its exit
     /// status and what it wrote to stderr.
     pub fn try_start(data_dir: &Path, extra_config: &str) -> Result<Self, String> {
-        let config = data_dir.with_extension("toml");
-        std::fs::write(&config, extra_config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--model")
-            .arg(default_manifest())
-            .arg("--ort-dylib")
-            .arg(ort_dylib())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
+        let mut child = Self::command(data_dir, extra_config, default_manifest(), &[])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
