@@ -46,6 +46,8 @@ pub struct Config {
     pub embed: EngineConfig,
     pub index: HnswParams,
     pub post_processing: PostProcessingDefaults,
+    /// Admission for search CPU work (`[search]`).
+    pub search: crate::query::admission::AdmissionConfig,
     /// Bounds on an item's metadata.
     pub metadata: MetadataLimits,
     /// TLS on the gRPC port; plaintext when unset.
@@ -147,6 +149,7 @@ impl Default for Config {
             embed: EngineConfig::default(),
             index: HnswParams::default(),
             post_processing: PostProcessingDefaults::default(),
+            search: Default::default(),
             metadata: MetadataLimits::default(),
             tls: None,
             auth: crate::security::AuthConfig::default(),

@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
+use common::grpc::{create_gallery, descriptor_item, image_item, unit_vector, wait_refreshed};
 use common::{read_image, split, subset, Server};
 use lookalike::api::pb::{
     self, add_item::Content, add_response::Kind, item_outcome::Status as Outcome,
@@ -12,15 +13,6 @@ use lookalike::api::pb::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-
-fn image_item(gallery: &str, id: &str, bytes: Vec<u8>) -> pb::AddItem {
-    pb::AddItem {
-        gallery: gallery.into(),
-        id: id.into(),
-        content: Some(Content::Image(bytes)),
-        metadata: HashMap::new(),
-    }
-}
 
 async fn add_all(
     client: &mut pb::retrieval_client::RetrievalClient<tonic::transport::Channel>,
@@ -54,29 +46,6 @@ async fn search_image(
         ..Default::default()
     };
     client.search(req).await.unwrap().into_inner().hits
-}
-
-/// Waits until the gallery's post-processing state reflects every write.
-async fn wait_refreshed(
-    client: &mut pb::retrieval_client::RetrievalClient<tonic::transport::Channel>,
-    gallery: &str,
-) -> pb::IndexState {
-    let req = pb::GalleryStatsRequest {
-        gallery: gallery.into(),
-    };
-    let t = std::time::Instant::now();
-    loop {
-        let s = client.gallery_stats(req.clone()).await.unwrap();
-        let index = s.into_inner().index.unwrap();
-        if index.stale_items == 0 && index.post_processing_generation > 0 {
-            return index;
-        }
-        assert!(
-            t.elapsed().as_secs() < 60,
-            "refresh never finished: {index:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 /// Every 10th grocery class: 9 products, 8 gallery photos each.
@@ -229,21 +198,6 @@ async fn add_search_remove_and_find_everything_after_restart() {
         let ids = |h: &[pb::Hit]| h.iter().map(|x| x.id.clone()).collect::<Vec<_>>();
         assert_eq!(ids(&now), ids(&old));
     }
-}
-
-fn unit_vector(seed: u64, dims: usize) -> Vec<f32> {
-    // xorshift: deterministic, no dependency needed
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..dims)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect();
-    let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
-    v.into_iter().map(|a| a / n).collect()
 }
 
 #[tokio::test]
@@ -699,32 +653,6 @@ async fn per_request_query_expansion_and_k_reciprocal_with_stage_timings() {
         let err = client.search(req).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert!(err.message().contains(what), "{}", err.message());
-    }
-}
-
-/// Creates `name`; returns the dimension of its descriptors.
-async fn create_gallery(
-    client: &mut pb::retrieval_client::RetrievalClient<tonic::transport::Channel>,
-    name: &str,
-) -> usize {
-    let r = client
-        .create_gallery(pb::CreateGalleryRequest {
-            gallery: name.into(),
-        })
-        .await
-        .unwrap();
-    r.into_inner().dims as usize
-}
-
-fn descriptor_item(gallery: &str, id: &str, values: Vec<f32>) -> pb::AddItem {
-    pb::AddItem {
-        gallery: gallery.into(),
-        id: id.into(),
-        content: Some(Content::Descriptor(pb::Descriptor {
-            values,
-            model_fingerprint: String::new(),
-        })),
-        metadata: HashMap::new(),
     }
 }
 

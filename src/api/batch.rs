@@ -15,6 +15,7 @@ use super::convert;
 use super::pb::{self, search_batch_response::Kind};
 use crate::embed::Engine;
 use crate::gallery::{Galleries, Gallery};
+use crate::query::admission::SearchAdmission;
 use crate::query::{checks::top_k, search::resolve};
 use crate::rerank::pipeline::{parse_stages, Pipeline};
 
@@ -27,6 +28,7 @@ pub(super) struct Batch {
     pub default_top_k: u32,
     pub max_top_k: u32,
     pub max_queries: usize,
+    pub admission: Arc<SearchAdmission>,
 }
 
 type Tx = mpsc::Sender<Result<pb::SearchBatchResponse, Status>>;
@@ -71,29 +73,28 @@ impl Batch {
         let queries = self.resolve(&call.gallery, &call.queries).await?;
         let mut timings = vec![("resolve_queries", t.elapsed())];
         let g = call.gallery.clone();
-        // Stage spans under the request span, which the pool does not inherit.
-        let request = tracing::Span::current();
-        let (ids, metas, outputs, more) = tokio::task::spawn_blocking(move || {
-            let _request = request.enter();
-            let t = Instant::now();
-            let span = tracing::debug_span!("stage", stage = "gallery_snapshot").entered();
-            let (items, _) = g.list(None, usize::MAX);
-            let dims = g.dims();
-            let mut gm = Array2::<f32>::zeros((items.len(), dims));
-            for (mut row, (_, e)) in gm.rows_mut().into_iter().zip(&items) {
-                row.assign(&ArrayView1::from(&e.vector[..]));
-            }
-            let snap = t.elapsed();
-            drop(span);
-            let t = Instant::now();
-            let _span = tracing::debug_span!("stage", stage = "batch_pipeline").entered();
-            let out = pipeline.run(queries.view(), gm.view());
-            let (ids, metas): (Vec<String>, Vec<_>) =
-                items.into_iter().map(|(id, e)| (id, e.metadata)).unzip();
-            (ids, metas, out, [snap, t.elapsed()])
-        })
-        .await
-        .map_err(|e| Status::internal(format!("worker task failed: {e}")))?;
+        let (ids, metas, outputs, more) = self
+            .admission
+            .run(move || {
+                let t = Instant::now();
+                let span = tracing::debug_span!("stage", stage = "gallery_snapshot").entered();
+                let (items, _) = g.list(None, usize::MAX);
+                let dims = g.dims();
+                let mut gm = Array2::<f32>::zeros((items.len(), dims));
+                for (mut row, (_, e)) in gm.rows_mut().into_iter().zip(&items) {
+                    row.assign(&ArrayView1::from(&e.vector[..]));
+                }
+                let snap = t.elapsed();
+                drop(span);
+                let t = Instant::now();
+                let _span = tracing::debug_span!("stage", stage = "batch_pipeline").entered();
+                let out = pipeline.run(queries.view(), gm.view());
+                let (ids, metas): (Vec<String>, Vec<_>) =
+                    items.into_iter().map(|(id, e)| (id, e.metadata)).unzip();
+                (ids, metas, out, [snap, t.elapsed()])
+            })
+            .await
+            .map_err(Status::from)?;
         timings.push(("gallery_snapshot", more[0]));
         timings.push(("post_processing", more[1]));
         crate::telemetry::observe_stages(&timings);

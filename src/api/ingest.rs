@@ -198,9 +198,16 @@ impl Ingest {
                             if r { Outcome::Replaced } else { Outcome::Added } as i32;
                     }
                 }
-                Ok(Err(e)) => slots
-                    .iter()
-                    .for_each(|&s| outcomes[s].reason = e.to_string()),
+                Ok(Err(e)) => {
+                    // A full disk is no fault of the item: send it again later.
+                    let e = ServiceError::from(e).logged();
+                    for &s in &slots {
+                        if e.kind().retryable() {
+                            outcomes[s].status = Outcome::RetryLater as i32;
+                        }
+                        outcomes[s].reason = e.to_string();
+                    }
+                }
                 Err(e) => slots
                     .iter()
                     .for_each(|&s| outcomes[s].reason = format!("commit task failed: {e}")),

@@ -138,6 +138,7 @@ impl Retrieval for RetrievalService {
             default_top_k: self.searcher.default_top_k,
             max_top_k: self.searcher.max_top_k,
             max_queries: self.max_batch_queries,
+            admission: self.searcher.admission.clone(),
         };
         tokio::spawn(batch.run(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -8,6 +8,8 @@ use crate::gallery::online::OnlineError;
 use crate::gallery::GalleryError;
 use crate::security::auth::AuthError;
 
+use super::admission::AdmissionError;
+
 /// What went wrong, as a client needs to tell it apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -18,8 +20,10 @@ pub enum Kind {
     AlreadyExists,
     /// Descriptor or gallery of another model.
     FailedPrecondition,
-    /// Retry later: the embedding queue is full.
+    /// Retry later: the embedding queue or the search admission is full.
     Overloaded,
+    /// The disk holding the store is full: retry once space is freed.
+    StorageFull,
     /// Shutting down, or an inference worker died.
     Unavailable,
     /// No API key or a wrong one.
@@ -39,7 +43,9 @@ impl Kind {
             Kind::NotFound => Code::NotFound,
             Kind::AlreadyExists => Code::AlreadyExists,
             Kind::FailedPrecondition => Code::FailedPrecondition,
-            Kind::Overloaded => Code::ResourceExhausted,
+            // gRPC's own example of RESOURCE_EXHAUSTED: "the entire file
+            // system is out of space".
+            Kind::Overloaded | Kind::StorageFull => Code::ResourceExhausted,
             Kind::Unavailable => Code::Unavailable,
             Kind::Unauthenticated => Code::Unauthenticated,
             Kind::PermissionDenied => Code::PermissionDenied,
@@ -55,6 +61,7 @@ impl Kind {
             Kind::NotFound => S::NOT_FOUND,
             Kind::AlreadyExists | Kind::FailedPrecondition => S::CONFLICT,
             Kind::Overloaded => S::TOO_MANY_REQUESTS,
+            Kind::StorageFull => S::INSUFFICIENT_STORAGE,
             Kind::Unavailable => S::SERVICE_UNAVAILABLE,
             Kind::Unauthenticated => S::UNAUTHORIZED,
             Kind::PermissionDenied => S::FORBIDDEN,
@@ -64,7 +71,10 @@ impl Kind {
 
     /// Whether the same request may succeed later unchanged.
     pub fn retryable(self) -> bool {
-        matches!(self, Kind::Overloaded | Kind::Unavailable)
+        matches!(
+            self,
+            Kind::Overloaded | Kind::StorageFull | Kind::Unavailable
+        )
     }
 
     /// The name clients see (HTTP `error.code`, `ItemOutcome` reasons).
@@ -76,6 +86,7 @@ impl Kind {
             Kind::AlreadyExists => "already_exists",
             Kind::FailedPrecondition => "failed_precondition",
             Kind::Overloaded => "overloaded",
+            Kind::StorageFull => "storage_full",
             Kind::Unavailable => "unavailable",
             Kind::Unauthenticated => "unauthenticated",
             Kind::PermissionDenied => "permission_denied",
@@ -102,6 +113,8 @@ pub enum ServiceError {
     Online(#[from] OnlineError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
 }
 
 impl ServiceError {
@@ -125,6 +138,7 @@ impl ServiceError {
                 | GalleryError::Dims { .. }
                 | GalleryError::Degenerate
                 | GalleryError::PageToken(_) => Kind::InvalidArgument,
+                GalleryError::Store(s) if s.is_disk_full() => Kind::StorageFull,
                 GalleryError::Store(_) | GalleryError::Post(_) | GalleryError::Persist(_) => {
                     Kind::Internal
                 }
@@ -138,6 +152,7 @@ impl ServiceError {
             },
             ServiceError::Auth(AuthError::ReadOnly) => Kind::PermissionDenied,
             ServiceError::Auth(_) => Kind::Unauthenticated,
+            ServiceError::Admission(_) => Kind::Overloaded,
         }
     }
 

@@ -25,6 +25,13 @@ pub async fn prepare(
     if id.is_empty() || id.len() > 512 {
         return Err(ServiceError::Invalid("item id must be 1-512 bytes".into()));
     }
+    // Ids reach logs, page tokens and URLs: no control characters there.
+    if let Some((at, c)) = id.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(ServiceError::Invalid(format!(
+            "item id has a control character (U+{:04X} at byte {at}); use printable characters",
+            c as u32
+        )));
+    }
     limits.check(&metadata).map_err(ServiceError::Invalid)?;
     let vector = match content {
         Some(Content::Image(bytes)) => {

@@ -3,6 +3,7 @@
 //! validating search options into a plan, preparing items to add, and the
 //! one error type whose kind both transports map to their status codes.
 
+pub mod admission;
 pub mod checks;
 pub mod error;
 pub mod item;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::admission::SearchAdmission;
 use super::checks::{self, Descriptor};
 use super::plan::{self, PostOptions};
 use super::ServiceError;
@@ -48,6 +49,8 @@ pub struct Searcher {
     pub max_top_k: u32,
     pub max_ef_search: u32,
     pub pp: PostProcessingDefaults,
+    /// Shared by every search entry point (Search, SearchBatch, HTTP).
+    pub admission: Arc<SearchAdmission>,
 }
 
 impl Searcher {
@@ -58,6 +61,7 @@ impl Searcher {
             max_top_k: cfg.max_top_k,
             max_ef_search: cfg.index.max_ef_search,
             pp: cfg.post_processing.clone(),
+            admission: Arc::new(SearchAdmission::new(cfg.search)),
         }
     }
 
@@ -76,14 +80,10 @@ impl Searcher {
         let plan = plan::plan(opts.post, &limits, k, ef, opts.exact)?;
         let (q, exclude, mut timings) = resolve(&self.engine, &g, query).await?;
         let filter = opts.filter;
-        // The blocking pool does not inherit the request span: carry it,
-        // so the stage spans nest under it.
-        let span = tracing::Span::current();
-        let out = tokio::task::spawn_blocking(move || {
-            let _request = span.enter();
-            crate::gallery::online::search(&g, &q, &plan, &filter, exclude.as_deref())
-        })
-        .await??;
+        let out = self
+            .admission
+            .run(move || crate::gallery::online::search(&g, &q, &plan, &filter, exclude.as_deref()))
+            .await??;
         crate::telemetry::observe_stages(&out.timings);
         timings.extend(out.timings.into_iter().map(|(s, d)| (s.to_string(), d)));
         Ok(Found {

@@ -2,10 +2,17 @@
 //! truth: the ANN index is derived from it and rebuilt from it at start.
 //! Every write is one redb transaction with immediate durability, so a
 //! caller that saw `Ok` can acknowledge: kill -9 after that loses nothing.
+//!
+//! A failed write to the file (a full disk) latches redb: every later
+//! operation fails with `PreviousIo` until the database is reopened. The
+//! store reopens it after such a failure (redb recovers the last commit),
+//! so writes succeed again once space returns, without a restart.
 
 mod record;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use parking_lot::RwLock;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -17,7 +24,13 @@ const GALLERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("galleries"
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage error: {0}")]
-    Db(#[from] redb::Error),
+    Db(redb::Error),
+    #[error("the disk holding the store is full ({0}); free space and retry: nothing acknowledged was lost")]
+    DiskFull(String),
+    #[error("the store file was written by an older storage format (redb file format {0}, this build reads 3): open it with the lookalike release that wrote it and export, or start from an empty data folder")]
+    OldFormat(u8),
+    #[error("the store is unavailable after an I/O error and could not be reopened: {0}")]
+    Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("gallery {0:?} does not exist")]
@@ -26,11 +39,43 @@ pub enum StoreError {
     GalleryExists(String),
 }
 
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        match e {
+            redb::Error::Io(io) if is_disk_full(&io) => StoreError::DiskFull(io.to_string()),
+            redb::Error::UpgradeRequired(v) => StoreError::OldFormat(v),
+            e => StoreError::Db(e),
+        }
+    }
+}
+
+fn is_disk_full(e: &std::io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
+}
+
+impl StoreError {
+    /// The file failed under redb: it must be reopened before the next use.
+    fn needs_reopen(&self) -> bool {
+        matches!(
+            self,
+            StoreError::DiskFull(_) | StoreError::Db(redb::Error::Io(_) | redb::Error::PreviousIo)
+        )
+    }
+
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::DiskFull(_))
+    }
+}
+
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Db(e.into())
+                StoreError::from(redb::Error::from(e))
             }
         }
     )*};
@@ -57,7 +102,19 @@ pub enum Change<'a> {
 }
 
 pub struct Store {
-    db: Database,
+    path: PathBuf,
+    /// None after a failed reopen; the next operation tries again.
+    db: RwLock<Option<Database>>,
+}
+
+/// Opens with redb's integrity check: every page's checksum verified, so
+/// a file damaged outside redb is refused (`Corrupted`) instead of read
+/// (a plain open trusts the pages, and may serve wrong values or panic).
+/// It reads the whole file, as loading the galleries does anyway.
+fn open_checked(path: &Path) -> Result<Database, redb::DatabaseError> {
+    Database::builder()
+        .set_check_integrity_on_open(true)
+        .create(path)
 }
 
 fn items_table(gallery: &str) -> String {
@@ -68,103 +125,157 @@ impl Store {
     /// Opens (or creates) the database file. redb repairs an unclean
     /// shutdown itself on open.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
+        // redb takes an empty file for a new database: an empty store file
+        // that exists was truncated, and starting empty would hide it.
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            return Err(StoreError::Corrupt(format!(
+                "{} is empty (0 bytes): the file was truncated; restore it from a backup, or delete it to start with no galleries",
+                path.display()
+            )));
+        }
+        let db = open_checked(path)?;
         let txn = db.begin_write()?;
         txn.open_table(GALLERIES)?;
         txn.commit()?;
-        Ok(Self { db })
+        Ok(Self {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(db)),
+        })
+    }
+
+    /// Runs `f` on the database; after an I/O failure, reopens it for the
+    /// next caller (the failed call still reports its error).
+    fn with<T>(&self, f: impl Fn(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if self.db.read().is_none() {
+            self.reopen();
+        }
+        let r = match self.db.read().as_ref() {
+            Some(db) => f(db),
+            None => {
+                return Err(StoreError::Unavailable(
+                    "reopening failed; see the server log".into(),
+                ))
+            }
+        };
+        if matches!(&r, Err(e) if e.needs_reopen()) {
+            self.reopen();
+        }
+        r
+    }
+
+    fn reopen(&self) {
+        let mut db = self.db.write();
+        // Close first: redb holds a lock on the file while open.
+        *db = None;
+        match open_checked(&self.path) {
+            Ok(d) => *db = Some(d),
+            Err(e) => {
+                tracing::error!(error = %e, path = %self.path.display(), "reopening the store")
+            }
+        }
     }
 
     pub fn galleries(&self) -> Result<Vec<(String, GalleryMeta)>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(GALLERIES)?;
-        let mut out = Vec::new();
-        for entry in table.iter()? {
-            let (name, meta) = entry?;
-            let meta: GalleryMeta = serde_json::from_slice(meta.value())
-                .map_err(|e| StoreError::Corrupt(format!("gallery {}: {e}", name.value())))?;
-            out.push((name.value().to_string(), meta));
-        }
-        Ok(out)
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(GALLERIES)?;
+            let mut out = Vec::new();
+            for entry in table.iter()? {
+                let (name, meta) = entry?;
+                let meta: GalleryMeta = serde_json::from_slice(meta.value())
+                    .map_err(|e| StoreError::Corrupt(format!("gallery {}: {e}", name.value())))?;
+                out.push((name.value().to_string(), meta));
+            }
+            Ok(out)
+        })
     }
 
     pub fn create_gallery(&self, name: &str, meta: &GalleryMeta) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(GALLERIES)?;
-            if table.get(name)?.is_some() {
-                return Err(StoreError::GalleryExists(name.to_string()));
+        self.with(|db| {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(GALLERIES)?;
+                if table.get(name)?.is_some() {
+                    return Err(StoreError::GalleryExists(name.to_string()));
+                }
+                let json =
+                    serde_json::to_vec(meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                table.insert(name, json.as_slice())?;
+                let def = items_table(name);
+                txn.open_table(TableDefinition::<&str, &[u8]>::new(&def))?;
             }
-            let json = serde_json::to_vec(meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            table.insert(name, json.as_slice())?;
-            let def = items_table(name);
-            txn.open_table(TableDefinition::<&str, &[u8]>::new(&def))?;
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// Removes a gallery and all its items; returns how many items it had.
     pub fn drop_gallery(&self, name: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write()?;
-        let def = items_table(name);
-        let count;
-        {
-            let mut table = txn.open_table(GALLERIES)?;
-            if table.remove(name)?.is_none() {
-                return Err(StoreError::NoGallery(name.to_string()));
+        self.with(|db| {
+            let txn = db.begin_write()?;
+            let def = items_table(name);
+            let count;
+            {
+                let mut table = txn.open_table(GALLERIES)?;
+                if table.remove(name)?.is_none() {
+                    return Err(StoreError::NoGallery(name.to_string()));
+                }
+                count = txn
+                    .open_table(TableDefinition::<&str, &[u8]>::new(&def))?
+                    .len()?;
             }
-            count = txn
-                .open_table(TableDefinition::<&str, &[u8]>::new(&def))?
-                .len()?;
-        }
-        txn.delete_table(TableDefinition::<&str, &[u8]>::new(&def))?;
-        txn.commit()?;
-        Ok(count)
+            txn.delete_table(TableDefinition::<&str, &[u8]>::new(&def))?;
+            txn.commit()?;
+            Ok(count)
+        })
     }
 
     /// Every item of a gallery, in id order.
     pub fn load_items(&self, gallery: &str) -> Result<Vec<(String, ItemRecord)>, StoreError> {
-        let def = items_table(gallery);
-        let txn = self.db.begin_read()?;
-        let table = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&def)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => {
-                return Err(StoreError::NoGallery(gallery.to_string()))
+        self.with(|db| {
+            let def = items_table(gallery);
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&def)) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => {
+                    return Err(StoreError::NoGallery(gallery.to_string()))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = Vec::with_capacity(table.len()? as usize);
+            for entry in table.iter()? {
+                let (id, value) = entry?;
+                let record = ItemRecord::decode(value.value())
+                    .map_err(|e| StoreError::Corrupt(format!("item {:?}: {e}", id.value())))?;
+                out.push((id.value().to_string(), record));
             }
-            Err(e) => return Err(e.into()),
-        };
-        let mut out = Vec::with_capacity(table.len()? as usize);
-        for entry in table.iter()? {
-            let (id, value) = entry?;
-            let record = ItemRecord::decode(value.value())
-                .map_err(|e| StoreError::Corrupt(format!("item {:?}: {e}", id.value())))?;
-            out.push((id.value().to_string(), record));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Applies all changes in one durable transaction. Returns, per change,
     /// whether the id existed before (replaced / removed).
     pub fn write(&self, gallery: &str, changes: &[Change<'_>]) -> Result<Vec<bool>, StoreError> {
-        let def = items_table(gallery);
-        let txn = self.db.begin_write()?;
-        let mut existed = Vec::with_capacity(changes.len());
-        {
-            if txn.open_table(GALLERIES)?.get(gallery)?.is_none() {
-                return Err(StoreError::NoGallery(gallery.to_string()));
+        self.with(|db| {
+            let def = items_table(gallery);
+            let txn = db.begin_write()?;
+            let mut existed = Vec::with_capacity(changes.len());
+            {
+                if txn.open_table(GALLERIES)?.get(gallery)?.is_none() {
+                    return Err(StoreError::NoGallery(gallery.to_string()));
+                }
+                let mut table = txn.open_table(TableDefinition::<&str, &[u8]>::new(&def))?;
+                for change in changes {
+                    let old = match change {
+                        Change::Put(id, record) => table.insert(*id, record.encode().as_slice())?,
+                        Change::Delete(id) => table.remove(*id)?,
+                    };
+                    existed.push(old.is_some());
+                }
             }
-            let mut table = txn.open_table(TableDefinition::<&str, &[u8]>::new(&def))?;
-            for change in changes {
-                let old = match change {
-                    Change::Put(id, record) => table.insert(*id, record.encode().as_slice())?,
-                    Change::Delete(id) => table.remove(*id)?,
-                };
-                existed.push(old.is_some());
-            }
-        }
-        txn.commit()?;
-        Ok(existed)
+            txn.commit()?;
+            Ok(existed)
+        })
     }
 }
 

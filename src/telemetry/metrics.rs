@@ -25,6 +25,10 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     /// Images refused because the admission queue was full.
     pub refusals: IntCounter,
+    /// Searches computing on the blocking pool (`query::admission`).
+    pub search_running: IntGauge,
+    /// Searches refused because every slot and the wait queue were taken.
+    pub search_refusals: IntCounter,
     pub gallery_items: IntGaugeVec,
     pub gallery_stale_items: IntGaugeVec,
     pub gallery_tombstones: IntGaugeVec,
@@ -72,6 +76,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         refusals: IntCounter::new(
             "embed_admission_refusals_total",
             "Images refused with RESOURCE_EXHAUSTED because the queue was full",
+        )?,
+        search_running: IntGauge::new("search_running", "Searches computing on the blocking pool")?,
+        search_refusals: IntCounter::new(
+            "search_admission_refusals_total",
+            "Searches refused with RESOURCE_EXHAUSTED because every slot was taken",
         )?,
         gallery_items: IntGaugeVec::new(
             Opts::new("gallery_items", "Items per gallery"),
@@ -122,6 +131,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
     r.register(Box::new(m.batch_size.clone()))?;
     r.register(Box::new(m.queue_depth.clone()))?;
     r.register(Box::new(m.refusals.clone()))?;
+    r.register(Box::new(m.search_running.clone()))?;
+    r.register(Box::new(m.search_refusals.clone()))?;
     r.register(Box::new(m.gallery_items.clone()))?;
     r.register(Box::new(m.gallery_stale_items.clone()))?;
     r.register(Box::new(m.gallery_tombstones.clone()))?;

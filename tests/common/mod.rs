@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
+pub mod grpc;
+
 use lookalike::api::pb::retrieval_client::RetrievalClient;
 use tonic::transport::Channel;
 
@@ -112,16 +114,36 @@ impl Server {
         Self::start_full(data_dir, extra_config, manifest, &[])
     }
 
+    /// `start` through a launcher: `prefix` runs the server binary with
+    /// its arguments appended (e.g. `nsenter -t PID -U -m --`).
+    pub fn start_via(data_dir: &Path, extra_config: &str, prefix: &[String]) -> Self {
+        Self::start_cmd(data_dir, extra_config, default_manifest(), &[], prefix)
+    }
+
     fn start_full(
         data_dir: &Path,
         extra_config: &str,
         manifest: &Path,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_cmd(data_dir, extra_config, manifest, env, &[])
+    }
+
+    /// `lookalike serve` on a free port with the config written next to
+    /// `data_dir`, stdout piped (for the "listening on" lines).
+    fn command(data_dir: &Path, extra_config: &str, manifest: &Path, prefix: &[String]) -> Command {
         let config = data_dir.with_extension("toml");
         std::fs::write(&config, extra_config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+        let bin = env!("CARGO_BIN_EXE_lookalike");
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .arg("--config")
             .arg(&config)
             .arg("--data-dir")
@@ -131,8 +153,19 @@ impl Server {
             .arg("--ort-dylib")
             .arg(ort_dylib())
             .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped());
+        cmd
+    }
+
+    fn start_cmd(
+        data_dir: &Path,
+        extra_config: &str,
+        manifest: &Path,
+        env: &[(&str, &str)],
+        prefix: &[String],
+    ) -> Self {
+        let mut child = Self::command(data_dir, extra_config, manifest, prefix)
             .envs(env.iter().copied())
-            .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -152,6 +185,36 @@ impl Server {
             }
         };
         Self { child, addr, admin }
+    }
+
+    /// Starts the server, or returns how it failed to start: its exit
+    /// status and what it wrote to stderr.
+    pub fn try_start(data_dir: &Path, extra_config: &str) -> Result<Self, String> {
+        let mut child = Self::command(data_dir, extra_config, default_manifest(), &[])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Drained on a thread so a chatty server never blocks on the pipe.
+        let stderr = child.stderr.take().unwrap();
+        let errors = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
+            s
+        });
+        let stdout = child.stdout.take().unwrap();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(a) = line.strip_prefix("listening on ") {
+                let addr = a.to_string();
+                return Ok(Self {
+                    child,
+                    addr,
+                    admin: None,
+                });
+            }
+        }
+        let status = child.wait().unwrap();
+        Err(format!("{status}: {}", errors.join().unwrap()))
     }
 
     pub async fn client(&self) -> RetrievalClient<Channel> {
