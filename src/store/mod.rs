@@ -4,6 +4,7 @@
 //! caller that saw `Ok` can acknowledge: kill -9 after that loses nothing.
 
 mod record;
+pub mod thumbnail;
 
 use std::path::Path;
 
@@ -119,6 +120,7 @@ impl Store {
                 .len()?;
         }
         txn.delete_table(TableDefinition::<&str, &[u8]>::new(&def))?;
+        thumbnail::drop_table(&txn, name)?;
         txn.commit()?;
         Ok(count)
     }
@@ -147,6 +149,16 @@ impl Store {
     /// Applies all changes in one durable transaction. Returns, per change,
     /// whether the id existed before (replaced / removed).
     pub fn write(&self, gallery: &str, changes: &[Change<'_>]) -> Result<Vec<bool>, StoreError> {
+        self.write_with(gallery, changes, &[])
+    }
+
+    /// `write`, storing `thumbs` (item id, JPEG) in the same transaction.
+    pub fn write_with(
+        &self,
+        gallery: &str,
+        changes: &[Change<'_>],
+        thumbs: &[(&str, &[u8])],
+    ) -> Result<Vec<bool>, StoreError> {
         let def = items_table(gallery);
         let txn = self.db.begin_write()?;
         let mut existed = Vec::with_capacity(changes.len());
@@ -163,6 +175,7 @@ impl Store {
                 existed.push(old.is_some());
             }
         }
+        thumbnail::apply(&txn, gallery, changes, thumbs)?;
         txn.commit()?;
         Ok(existed)
     }
