@@ -2,7 +2,8 @@
 //! whole, within the body limit) or raw bytes (an image).
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Multipart, Request};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Multipart, Query, Request};
 use axum::http::header::CONTENT_TYPE;
 use serde::de::DeserializeOwned;
 
@@ -72,4 +73,9 @@ pub fn one_image(parts: &[Part]) -> Result<Vec<u8>, ApiError> {
             "the form has more than one `image` part; send one query image",
         )),
     }
+}
+
+/// Query-string parameters, a malformed or unknown one refused with 400.
+pub fn params<T>(p: Result<Query<T>, QueryRejection>, limit: usize) -> Result<T, ApiError> {
+    p.map(|q| q.0).map_err(|e| Rejections { limit }.query(e))
 }

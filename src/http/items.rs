@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, ErrorBody, Rejections};
+use super::error::{ApiError, ErrorBody};
 use super::extract::{self, Body};
 use super::search::DescriptorJson;
 use super::App;
@@ -235,14 +235,7 @@ pub async fn list_items(
     Path(name): Path<String>,
     params: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Json<ItemPage>, ApiError> {
-    let p = params
-        .map_err(|e| {
-            Rejections {
-                limit: app.max_body,
-            }
-            .query(e)
-        })?
-        .0;
+    let p = extract::params(params, app.max_body)?;
     let g = app.galleries.get(&name)?;
     let (page, next_page_token) = gallery::page(&g, p.page_size, &p.page_token)?;
     let items = page
@@ -276,14 +269,7 @@ pub async fn get_item(
     Path((name, id)): Path<(String, String)>,
     params: Result<Query<GetParams>, QueryRejection>,
 ) -> Result<Json<Item>, ApiError> {
-    let p = params
-        .map_err(|e| {
-            Rejections {
-                limit: app.max_body,
-            }
-            .query(e)
-        })?
-        .0;
+    let p = extract::params(params, app.max_body)?;
     let g = app.galleries.get(&name)?;
     let e = checks::item(&g, &id)?;
     let descriptor = p.include_descriptor.then(|| DescriptorJson {

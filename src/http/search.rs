@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, ErrorBody, Rejections};
+use super::error::{ApiError, ErrorBody};
 use super::extract::{self, Body};
 use super::items::thumbnail_url;
 use super::App;
@@ -184,10 +184,7 @@ pub async fn search(
     params: Result<Query<RawSearchParams>, QueryRejection>,
     req: Request,
 ) -> Result<Json<SearchResponse>, ApiError> {
-    let rej = Rejections {
-        limit: app.max_body,
-    };
-    let params = params.map_err(|e| rej.query(e))?.0;
+    let params = extract::params(params, app.max_body)?;
     let g = app.galleries.get(&gallery)?;
     let (query, opts) = match extract::body(req, app.max_body).await? {
         Body::Json(b) => extract::json::<SearchRequest>(&b, "search request")?.split(None)?,
