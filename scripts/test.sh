@@ -12,6 +12,9 @@ scripts/deploy-check.sh
 # timm references for the architecture parity tests (torch from PyPI, cached).
 LOOKALIKE_PARITY_DIR=${LOOKALIKE_PARITY_DIR:-$(scripts/parity-refs.sh)}
 export LOOKALIKE_PARITY_DIR
+# Debian's chromium and playwright-core (pinned by tests/browser/
+# package-lock.json) for tests/browser.rs, the web console in a browser.
+scripts/browser-setup.sh
 # libtorch (the same venv) for the trainer and its tests, feature `train`.
 eval "$(scripts/train-setup.sh)"
 cargo test --locked --features train "$@"

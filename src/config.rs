@@ -26,6 +26,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin HTTP port: /metrics and /healthz. Off when unset.
     pub admin_listen: Option<SocketAddr>,
+    /// HTTP/JSON API and the web console (`src/http`). Off when unset:
+    /// a new port is opened only when asked for, like `admin_listen`.
+    pub http_listen: Option<SocketAddr>,
+    /// Thumbnails kept with image items, for the console and clients.
+    pub thumbnails: crate::store::thumbnail::ThumbnailConfig,
     /// Folder holding the gallery database.
     pub data_dir: PathBuf,
     /// Ensemble manifest (`models/<name>.toml`).
@@ -33,7 +38,8 @@ pub struct Config {
     /// libonnxruntime; `ORT_DYLIB_PATH` overrides, then [`DEFAULT_ORT_DYLIB`].
     pub ort_dylib: Option<PathBuf>,
     pub log_format: LogFormat,
-    /// Largest gRPC message accepted, in bytes.
+    /// Largest gRPC message, and largest HTTP request body, accepted, in
+    /// bytes.
     pub max_message_bytes: usize,
     pub default_top_k: u32,
     pub max_top_k: u32,
@@ -137,6 +143,8 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             admin_listen: None,
+            http_listen: None,
+            thumbnails: Default::default(),
             data_dir: PathBuf::from("data"),
             model: PathBuf::from("models/default.toml"),
             ort_dylib: None,
@@ -228,6 +236,7 @@ impl Config {
         if pp.shortlist == 0 || pp.shortlist > pp.max_shortlist {
             return bad("post_processing needs 1 <= shortlist <= max_shortlist");
         }
+        self.thumbnails.validate().map_err(ConfigError::Invalid)?;
         if self.embed.limits.max_bytes > self.max_message_bytes {
             return bad("embed.max_bytes cannot exceed max_message_bytes");
         }

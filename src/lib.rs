@@ -11,6 +11,7 @@ pub mod config;
 pub mod embed;
 pub mod eval;
 pub mod gallery;
+pub mod http;
 pub mod index;
 pub mod model;
 pub mod query;

@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gRPC server.
+    /// Run the server: gRPC, and the HTTP API and console when enabled.
     Serve(ServeArgs),
     /// Add images (files or folders, recursively) to a gallery.
     Add(cli::AddArgs),
@@ -65,6 +65,9 @@ struct ServeArgs {
     /// Admin HTTP address: /metrics and /healthz (port 0 picks a free one).
     #[arg(long, env = "LOOKALIKE_ADMIN_LISTEN")]
     admin_listen: Option<std::net::SocketAddr>,
+    /// HTTP/JSON API and web console address (port 0 picks a free one).
+    #[arg(long, env = "LOOKALIKE_HTTP_LISTEN")]
+    http_listen: Option<std::net::SocketAddr>,
     /// Folder for the gallery database.
     #[arg(long, env = "LOOKALIKE_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -149,6 +152,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.admin_listen {
         cfg.admin_listen = Some(v);
     }
+    if let Some(v) = args.http_listen {
+        cfg.http_listen = Some(v);
+    }
     if let Some(v) = args.data_dir {
         cfg.data_dir = v;
     }
@@ -207,10 +213,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await?;
     let (addr, server) = (bound.addr, bound.serve);
     // Tests and scripts wait for these lines to know the ports; the
-    // admin line comes first.
+    // admin and HTTP lines come first.
     if let Some(admin) = bound.admin_addr {
         tracing::info!(%admin, "admin port listening");
         println!("admin listening on {admin}");
+    }
+    if let Some(http) = bound.http_addr {
+        tracing::info!(%http, tls = cfg.tls.is_some(), "HTTP API and console listening");
+        println!("http listening on {http}");
     }
     tracing::info!(%addr, tls = cfg.tls.is_some(), "listening");
     println!("listening on {addr}");

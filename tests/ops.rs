@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 
+use common::pki::Pki;
 use common::{read_image, split, Server};
 use lookalike::api::pb::{self, add_item::Content, retrieval_client::RetrievalClient};
 use tonic::metadata::MetadataValue;
@@ -327,56 +328,19 @@ fn keyed(
     })
 }
 
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    /// A CA, a server certificate for localhost / 127.0.0.1 and a client
-    /// certificate, as PEM files.
-    fn new() -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-        let dir = tempfile::tempdir().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        for (name, sans) in [
-            ("server", vec!["localhost", "127.0.0.1"]),
-            ("client", vec!["client"]),
-        ] {
-            let key = KeyPair::generate().unwrap();
-            let sans: Vec<String> = sans.into_iter().map(String::from).collect();
-            let cert = CertificateParams::new(sans)
-                .unwrap()
-                .signed_by(&key, &ca)
-                .unwrap();
-            std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
-            std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
-        }
-        Self { dir }
-    }
-
-    fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn read(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.path(name)).unwrap()
-    }
-
-    fn tls(&self, with_client_cert: bool) -> ClientTlsConfig {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.read("ca.pem")))
-            .domain_name("localhost");
-        if with_client_cert {
-            tls.identity(Identity::from_pem(
-                self.read("client.pem"),
-                self.read("client.key"),
-            ))
-        } else {
-            tls
-        }
+/// A TLS client config trusting the test CA, with the client certificate
+/// when `with_client_cert`.
+fn client_tls(pki: &Pki, with_client_cert: bool) -> ClientTlsConfig {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(pki.read("ca.pem")))
+        .domain_name("localhost");
+    if with_client_cert {
+        tls.identity(Identity::from_pem(
+            pki.read("client.pem"),
+            pki.read("client.key"),
+        ))
+    } else {
+        tls
     }
 }
 
@@ -417,7 +381,7 @@ async fn tls_client_certificates_and_api_keys() {
         Ok(mut c) => assert!(c.list_galleries(pb::ListGalleriesRequest {}).await.is_err()),
     }
     let no_cert = endpoint()
-        .tls_config(pki.tls(false))
+        .tls_config(client_tls(&pki, false))
         .unwrap()
         .connect()
         .await;
@@ -429,7 +393,7 @@ async fn tls_client_certificates_and_api_keys() {
             .is_err()),
     }
     let channel = endpoint()
-        .tls_config(pki.tls(true))
+        .tls_config(client_tls(&pki, true))
         .unwrap()
         .connect()
         .await

@@ -7,10 +7,8 @@ use tonic::Status;
 use super::pb;
 use crate::query::checks::Descriptor;
 use crate::query::plan::{KrOptions, PostOptions, QeOptions};
-use crate::query::search::Query;
+use crate::query::search::{Query, NO_QUERY};
 use crate::query::ServiceError;
-
-const NO_QUERY: &str = "set one of image, descriptor or item_id as the query";
 
 pub fn descriptor(d: pb::Descriptor) -> Descriptor {
     Descriptor {

@@ -3,9 +3,6 @@
 //! batcher can batch them) and committed in one transaction per gallery;
 //! an outcome is sent only after its item's transaction has committed.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -13,39 +10,28 @@ use tonic::{Status, Streaming};
 use super::convert;
 use super::pb::{self, add_item::Content, add_response::Kind, item_outcome::Status as Outcome};
 use super::status::{is_message_too_large, too_large};
-use crate::embed::Engine;
-use crate::gallery::limits::MetadataLimits;
-use crate::gallery::{Galleries, Gallery, NewItem};
-use crate::query::{item, ServiceError};
+use crate::gallery::{Galleries, Gallery};
+use crate::query::add::{self, Pending};
+use crate::query::item::{self, Prepared, Preparer};
+use crate::query::ServiceError;
+use std::sync::Arc;
 
 /// Items gathered from the stream per round when they arrive together.
 const CHUNK: usize = 32;
 
 pub(super) struct Ingest {
-    pub engine: Arc<Engine>,
+    pub preparer: Preparer,
     pub galleries: Arc<Galleries>,
-    pub metadata: MetadataLimits,
 }
-
-/// One gallery's valid items of a round, with their slots in the outcome list.
-type Group = (Arc<Gallery>, Vec<(usize, NewItem)>);
 
 type Tx = mpsc::Sender<Result<pb::AddResponse, Status>>;
-
-/// One item on its way through a round.
-struct Pending {
-    index: u64,
-    id: String,
-    gallery: Option<Arc<Gallery>>,
-    result: Result<NewItem, ServiceError>,
-}
 
 impl Ingest {
     pub async fn run(self, stream: Streaming<pb::AddItem>, tx: Tx) {
         let mut chunks = stream.ready_chunks(CHUNK);
         let mut current_gallery = String::new();
         let mut next_index = 0u64;
-        let mut summary = pb::AddSummary::default();
+        let mut summary = add::Summary::default();
         while let Some(chunk) = chunks.next().await {
             let mut items = Vec::with_capacity(chunk.len());
             let mut stream_error = None;
@@ -65,14 +51,10 @@ impl Ingest {
             let pending = self
                 .prepare(items, &mut current_gallery, &mut next_index)
                 .await;
-            let outcomes = self.commit(pending).await;
+            let outcomes = add::commit(pending).await;
             for o in outcomes {
-                match Outcome::try_from(o.status) {
-                    Ok(Outcome::Added) => summary.added += 1,
-                    Ok(Outcome::Replaced) => summary.replaced += 1,
-                    Ok(Outcome::RetryLater) => summary.retry_later += 1,
-                    _ => summary.rejected += 1,
-                }
+                summary.count(&o);
+                let o = outcome(o);
                 if tx
                     .send(Ok(pb::AddResponse {
                         kind: Some(Kind::Outcome(o)),
@@ -90,7 +72,12 @@ impl Ingest {
         }
         let _ = tx
             .send(Ok(pb::AddResponse {
-                kind: Some(Kind::Summary(summary)),
+                kind: Some(Kind::Summary(pb::AddSummary {
+                    added: summary.added,
+                    replaced: summary.replaced,
+                    rejected: summary.rejected,
+                    retry_later: summary.retry_later,
+                })),
             }))
             .await;
     }
@@ -138,7 +125,7 @@ impl Ingest {
         content: Option<Content>,
         metadata: std::collections::HashMap<String, String>,
         id: &str,
-    ) -> Result<NewItem, ServiceError> {
+    ) -> Result<Prepared, ServiceError> {
         let g = match gallery {
             Some(g) => g,
             None if gallery_name.is_empty() => {
@@ -157,62 +144,21 @@ impl Ingest {
             Content::Descriptor(d) => item::Content::Descriptor(convert::descriptor(d)),
         });
         let metadata = metadata.into_iter().collect();
-        item::prepare(&self.engine, &self.metadata, g, id, content, metadata).await
+        self.preparer.prepare(g, id, content, metadata).await
     }
+}
 
-    /// Commits the valid items (one transaction per gallery) and returns
-    /// every item's outcome in stream order.
-    async fn commit(&self, pending: Vec<Pending>) -> Vec<pb::ItemOutcome> {
-        let mut outcomes: Vec<pb::ItemOutcome> = Vec::with_capacity(pending.len());
-        let mut groups: BTreeMap<String, Group> = BTreeMap::new();
-        for (slot, p) in pending.into_iter().enumerate() {
-            let mut outcome = pb::ItemOutcome {
-                id: p.id,
-                status: Outcome::Rejected as i32,
-                reason: String::new(),
-                index: p.index,
-            };
-            match (p.result, p.gallery) {
-                (Ok(item), Some(g)) => groups
-                    .entry(g.name().to_string())
-                    .or_insert_with(|| (g, Vec::new()))
-                    .1
-                    .push((slot, item)),
-                (Err(e), _) => {
-                    if e.kind().retryable() {
-                        outcome.status = Outcome::RetryLater as i32;
-                    }
-                    outcome.reason = e.to_string();
-                }
-                (Ok(_), None) => outcome.reason = "gallery disappeared".into(),
-            }
-            outcomes.push(outcome);
-        }
-        for (_, (g, items)) in groups {
-            let (slots, items): (Vec<usize>, Vec<NewItem>) = items.into_iter().unzip();
-            let result = tokio::task::spawn_blocking(move || g.upsert(items)).await;
-            match result {
-                Ok(Ok(replaced)) => {
-                    for (slot, r) in slots.into_iter().zip(replaced) {
-                        outcomes[slot].status =
-                            if r { Outcome::Replaced } else { Outcome::Added } as i32;
-                    }
-                }
-                Ok(Err(e)) => {
-                    // A full disk is no fault of the item: send it again later.
-                    let e = ServiceError::from(e).logged();
-                    for &s in &slots {
-                        if e.kind().retryable() {
-                            outcomes[s].status = Outcome::RetryLater as i32;
-                        }
-                        outcomes[s].reason = e.to_string();
-                    }
-                }
-                Err(e) => slots
-                    .iter()
-                    .for_each(|&s| outcomes[s].reason = format!("commit task failed: {e}")),
-            }
-        }
-        outcomes
+fn outcome(o: add::Outcome) -> pb::ItemOutcome {
+    let status = match o.status {
+        add::Status::Added => Outcome::Added,
+        add::Status::Replaced => Outcome::Replaced,
+        add::Status::RetryLater => Outcome::RetryLater,
+        add::Status::Rejected => Outcome::Rejected,
+    };
+    pb::ItemOutcome {
+        id: o.id,
+        status: status as i32,
+        reason: o.reason,
+        index: o.index,
     }
 }

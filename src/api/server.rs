@@ -36,17 +36,21 @@ pub enum ServeError {
     Security(#[from] SecurityError),
     #[error("admin port failed: {0}")]
     Admin(std::io::Error),
+    #[error("HTTP port failed: {0}")]
+    Http(std::io::Error),
 }
 
 /// A bound server: its addresses and the future that serves.
 pub struct Bound<F> {
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
+    /// The HTTP/JSON API and console, when `http_listen` is set.
+    pub http_addr: Option<SocketAddr>,
     pub serve: F,
 }
 
-/// Binds `cfg.listen` (port 0 picks a free port) and `cfg.admin_listen`,
-/// and returns the bound addresses with the future that serves until
+/// Binds `cfg.listen` (port 0 picks a free port), `cfg.admin_listen` and
+/// `cfg.http_listen`, and returns the bound addresses with the future that serves until
 /// `shutdown` resolves; in-flight requests finish before it returns.
 /// `keys` are the API keys (None: no authentication).
 pub async fn bind(
@@ -92,6 +96,29 @@ pub async fn bind(
         None => (None, None),
     };
 
+    // The HTTP port drains alongside gRPC: both stop accepting at once.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let (http_addr, http_serve) = match cfg.http_listen {
+        Some(at) => {
+            let app = crate::http::App::new(engine.clone(), galleries.clone(), cfg, keys.clone());
+            let tls = match &cfg.tls {
+                Some(files) => Some(Arc::new(crate::security::tls::rustls_config(files)?)),
+                None => None,
+            };
+            let mut stopping = stopping.clone();
+            let stop = async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            };
+            let (a, serve) =
+                crate::http::serve::bind(at, crate::http::router::router(app), tls, stop)
+                    .await
+                    .map_err(bind_err(at))?;
+            (Some(a), Some(serve))
+        }
+        None => (None, None),
+    };
+    drop(stopping);
+
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -114,8 +141,10 @@ pub async fn bind(
 
     let serve = async move {
         let admin = admin_serve.map(tokio::spawn);
+        let http = http_serve.map(tokio::spawn);
         let shutdown = async move {
             shutdown.await;
+            let _ = stopping_tx.send(true);
             // Load balancers see NOT_SERVING while in-flight calls drain.
             health.set(false, "shutting down").await;
         };
@@ -127,6 +156,12 @@ pub async fn bind(
         let served = router
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
+        if let Some(task) = http {
+            match task.await {
+                Ok(r) => r.map_err(ServeError::Http)?,
+                Err(e) => return Err(ServeError::Http(std::io::Error::other(e))),
+            }
+        }
         // The admin port reports NOT_SERVING until the gRPC port is done.
         let _ = admin_stop.send(());
         if let Some(task) = admin {
@@ -141,6 +176,7 @@ pub async fn bind(
     Ok(Bound {
         addr,
         admin_addr,
+        http_addr,
         serve,
     })
 }

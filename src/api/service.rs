@@ -14,12 +14,10 @@ use tonic::{Request, Response, Status, Streaming};
 use super::pb::{self, retrieval_server::Retrieval};
 use crate::config::Config;
 use crate::embed::Engine;
-use crate::gallery::limits::MetadataLimits;
-use crate::gallery::page as page_token;
 use crate::gallery::{Galleries, Gallery, Metadata};
+use crate::query::item::Preparer;
 use crate::query::search::{Options, Searcher};
-use crate::query::{checks, ServiceError};
-use crate::store::GalleryMeta;
+use crate::query::{checks, gallery};
 
 use super::{convert, ingest};
 
@@ -28,17 +26,21 @@ pub struct RetrievalService {
     galleries: Arc<Galleries>,
     searcher: Searcher,
     max_batch_queries: usize,
-    metadata: MetadataLimits,
+    preparer: Preparer,
 }
 
 impl RetrievalService {
     pub fn new(engine: Arc<Engine>, galleries: Arc<Galleries>, cfg: &Config) -> Self {
         Self {
             searcher: Searcher::new(engine.clone(), cfg),
-            engine,
+            engine: engine.clone(),
             galleries,
             max_batch_queries: cfg.max_batch_queries,
-            metadata: cfg.metadata,
+            preparer: Preparer {
+                engine: engine.clone(),
+                metadata: cfg.metadata,
+                thumbnails: cfg.thumbnails.clone(),
+            },
         }
     }
 
@@ -83,9 +85,8 @@ impl Retrieval for RetrievalService {
     ) -> Result<Response<Self::AddToGalleryStream>, Status> {
         let (tx, rx) = mpsc::channel(64);
         let ctx = ingest::Ingest {
-            engine: self.engine.clone(),
+            preparer: self.preparer.clone(),
             galleries: self.galleries.clone(),
-            metadata: self.metadata,
         };
         tokio::spawn(ctx.run(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -151,9 +152,7 @@ impl Retrieval for RetrievalService {
         let req = request.into_inner();
         let g = self.gallery(&req.gallery)?;
         let n = req.ids.len();
-        let not_found = tokio::task::spawn_blocking(move || g.remove(&req.ids))
-            .await
-            .map_err(ServiceError::from)??;
+        let not_found = gallery::remove(g, req.ids).await?;
         Ok(Response::new(pb::RemoveResponse {
             removed: (n - not_found.len()) as u64,
             not_found,
@@ -184,19 +183,7 @@ impl Retrieval for RetrievalService {
     ) -> Result<Response<pb::ListItemsResponse>, Status> {
         let req = request.into_inner();
         let g = self.gallery(&req.gallery)?;
-        let size = match req.page_size {
-            0 => 100,
-            n => n.min(1000) as usize,
-        };
-        let after = match req.page_token.as_str() {
-            "" => None,
-            t => Some(page_token::decode(t)?),
-        };
-        let (page, more) = g.list(after.as_deref(), size);
-        let next_page_token = match page.last() {
-            Some((id, _)) if more => page_token::encode(id),
-            _ => String::new(),
-        };
+        let (page, next_page_token) = gallery::page(&g, req.page_size, &req.page_token)?;
         let items = page
             .into_iter()
             .map(|(id, e)| pb::Item {
@@ -238,14 +225,7 @@ impl Retrieval for RetrievalService {
         request: Request<pb::CreateGalleryRequest>,
     ) -> Result<Response<pb::CreateGalleryResponse>, Status> {
         let name = request.into_inner().gallery;
-        let meta = GalleryMeta {
-            model_fingerprint: self.engine.fingerprint().to_string(),
-            dims: self.engine.dims() as u32,
-        };
-        let galleries = self.galleries.clone();
-        let g = tokio::task::spawn_blocking(move || galleries.create(&name, meta))
-            .await
-            .map_err(ServiceError::from)??;
+        let g = gallery::create(&self.engine, &self.galleries, name).await?;
         Ok(Response::new(pb::CreateGalleryResponse {
             model_fingerprint: g.meta().model_fingerprint.clone(),
             dims: g.meta().dims,
@@ -256,11 +236,7 @@ impl Retrieval for RetrievalService {
         &self,
         request: Request<pb::DropGalleryRequest>,
     ) -> Result<Response<pb::DropGalleryResponse>, Status> {
-        let name = request.into_inner().gallery;
-        let galleries = self.galleries.clone();
-        let n = tokio::task::spawn_blocking(move || galleries.drop_gallery(&name))
-            .await
-            .map_err(ServiceError::from)??;
+        let n = gallery::drop(&self.galleries, request.into_inner().gallery).await?;
         Ok(Response::new(pb::DropGalleryResponse { removed_items: n }))
     }
 

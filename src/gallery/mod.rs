@@ -565,6 +565,15 @@ impl Gallery {
     /// Adds or replaces items durably (one transaction); returns, per item,
     /// whether it replaced an existing one. Blocking: call off the executor.
     pub fn upsert(&self, items: Vec<NewItem>) -> Result<Vec<bool>, GalleryError> {
+        self.upsert_with(items, &[])
+    }
+
+    /// `upsert`, storing thumbnails (item id, JPEG) in the same transaction.
+    pub fn upsert_with(
+        &self,
+        items: Vec<NewItem>,
+        thumbs: &[(&str, &[u8])],
+    ) -> Result<Vec<bool>, GalleryError> {
         for it in &items {
             validate_id(&it.id)?;
             if it.vector.len() != self.dims() {
@@ -602,7 +611,7 @@ impl Gallery {
             .zip(&records)
             .map(|(it, r)| Change::Put(&it.id, r))
             .collect();
-        let replaced = self.store.write(&self.name, &changes)?;
+        let replaced = self.store.write_with(&self.name, &changes, thumbs)?;
         drop(changes);
 
         let mut state = self.state.write();
@@ -664,6 +673,11 @@ impl Gallery {
         }
         self.maintain_index();
         Ok(missing)
+    }
+
+    /// The thumbnail stored with item `id`, if any.
+    pub fn thumbnail(&self, id: &str) -> Result<Option<Vec<u8>>, GalleryError> {
+        Ok(self.store.thumbnail(&self.name, id)?)
     }
 
     pub fn get(&self, id: &str) -> Option<Entry> {

@@ -13,6 +13,9 @@ use crate::config::{Config, PostProcessingDefaults};
 use crate::embed::Engine;
 use crate::gallery::{Gallery, Hit, Metadata};
 
+/// The refusal of a request that names no query, or more than one.
+pub const NO_QUERY: &str = "set one of image, descriptor or item_id as the query";
+
 /// What to search with.
 #[derive(Debug, Clone)]
 pub enum Query {

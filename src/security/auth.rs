@@ -51,7 +51,7 @@ fn digest(key: &[u8]) -> KeyDigest {
     Sha256::digest(key).into()
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiKeys {
     keys: Vec<(KeyDigest, Access)>,
 }

@@ -38,6 +38,8 @@ pub enum SecurityError {
     NoKeys(PathBuf),
     #[error("TLS: {0}")]
     Tls(#[from] tonic::transport::Error),
+    #[error("TLS (HTTP port): {0}")]
+    Rustls(String),
 }
 
 pub(crate) fn read(path: &std::path::Path) -> Result<Vec<u8>, SecurityError> {

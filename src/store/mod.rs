@@ -9,6 +9,7 @@
 //! so writes succeed again once space returns, without a restart.
 
 mod record;
+pub mod thumbnail;
 
 use std::path::{Path, PathBuf};
 
@@ -225,6 +226,7 @@ impl Store {
                     .len()?;
             }
             txn.delete_table(TableDefinition::<&str, &[u8]>::new(&def))?;
+            thumbnail::drop_table(&txn, name)?;
             txn.commit()?;
             Ok(count)
         })
@@ -256,6 +258,16 @@ impl Store {
     /// Applies all changes in one durable transaction. Returns, per change,
     /// whether the id existed before (replaced / removed).
     pub fn write(&self, gallery: &str, changes: &[Change<'_>]) -> Result<Vec<bool>, StoreError> {
+        self.write_with(gallery, changes, &[])
+    }
+
+    /// `write`, storing `thumbs` (item id, JPEG) in the same transaction.
+    pub fn write_with(
+        &self,
+        gallery: &str,
+        changes: &[Change<'_>],
+        thumbs: &[(&str, &[u8])],
+    ) -> Result<Vec<bool>, StoreError> {
         self.with(|db| {
             let def = items_table(gallery);
             let txn = db.begin_write()?;
@@ -273,6 +285,7 @@ impl Store {
                     existed.push(old.is_some());
                 }
             }
+            thumbnail::apply(&txn, gallery, changes, thumbs)?;
             txn.commit()?;
             Ok(existed)
         })

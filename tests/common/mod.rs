@@ -1,7 +1,10 @@
 //! Shared by the integration tests: the real default model (exported from
 //! the real EfficientNet-Lite0 checkpoint that scripts/setup.sh fetched),
-//! a real server process on a free loopback port, and grocery photos.
+//! a real server process on a free loopback port, grocery photos, and
+//! certificates for TLS tests.
 #![allow(dead_code)]
+
+pub mod pki;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -95,6 +98,8 @@ pub struct Server {
     pub addr: String,
     /// The admin HTTP port, when the config sets `admin_listen`.
     pub admin: Option<String>,
+    /// The HTTP API port, when the config sets `http_listen`.
+    pub http: Option<String>,
 }
 
 impl Server {
@@ -170,12 +175,15 @@ impl Server {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let mut admin = None;
+        let (mut admin, mut http) = (None, None);
         let addr = loop {
             match lines.next() {
                 Some(Ok(line)) => {
                     if let Some(a) = line.strip_prefix("admin listening on ") {
                         admin = Some(a.to_string());
+                    }
+                    if let Some(a) = line.strip_prefix("http listening on ") {
+                        http = Some(a.to_string());
                     }
                     if let Some(a) = line.strip_prefix("listening on ") {
                         break a.to_string();
@@ -184,7 +192,12 @@ impl Server {
                 _ => panic!("server exited before listening: {:?}", child.wait()),
             }
         };
-        Self { child, addr, admin }
+        Self {
+            child,
+            addr,
+            admin,
+            http,
+        }
     }
 
     /// Starts the server, or returns how it failed to start: its exit
@@ -210,6 +223,7 @@ impl Server {
                     child,
                     addr,
                     admin: None,
+                    http: None,
                 });
             }
         }

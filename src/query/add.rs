@@ -1,0 +1,131 @@
+//! Committing prepared items, whatever transport they came by: the valid
+//! ones in one transaction per gallery (thumbnails with them), and one
+//! outcome per item, in arrival order. An outcome says `added` only after
+//! its item's transaction has committed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::item::Prepared;
+use super::ServiceError;
+use crate::gallery::{Gallery, NewItem};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Added,
+    Replaced,
+    /// Not stored, but sending it again may work (the server was busy).
+    RetryLater,
+    /// Not stored; `reason` says why.
+    Rejected,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Outcome {
+    /// Position of the item in the request.
+    pub index: u64,
+    pub id: String,
+    pub status: Status,
+    /// Why the item was not stored (empty when it was).
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct Summary {
+    pub added: u64,
+    pub replaced: u64,
+    pub retry_later: u64,
+    pub rejected: u64,
+}
+
+impl Summary {
+    pub fn count(&mut self, o: &Outcome) {
+        match o.status {
+            Status::Added => self.added += 1,
+            Status::Replaced => self.replaced += 1,
+            Status::RetryLater => self.retry_later += 1,
+            Status::Rejected => self.rejected += 1,
+        }
+    }
+}
+
+/// One item on its way: its gallery (None: not found) and what preparing
+/// it gave.
+pub struct Pending {
+    pub index: u64,
+    pub id: String,
+    pub gallery: Option<Arc<Gallery>>,
+    pub result: Result<Prepared, ServiceError>,
+}
+
+/// One gallery's valid items, with their slots in the outcome list.
+type Group = (Arc<Gallery>, Vec<(usize, Prepared)>);
+
+/// Commits the valid items (one transaction per gallery) and returns
+/// every item's outcome in the order given.
+pub async fn commit(pending: Vec<Pending>) -> Vec<Outcome> {
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(pending.len());
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    for (slot, p) in pending.into_iter().enumerate() {
+        let mut outcome = Outcome {
+            index: p.index,
+            id: p.id,
+            status: Status::Rejected,
+            reason: String::new(),
+        };
+        match (p.result, p.gallery) {
+            (Ok(item), Some(g)) => groups
+                .entry(g.name().to_string())
+                .or_insert_with(|| (g, Vec::new()))
+                .1
+                .push((slot, item)),
+            (Err(e), _) => {
+                if e.kind().retryable() {
+                    outcome.status = Status::RetryLater;
+                }
+                outcome.reason = e.to_string();
+            }
+            (Ok(_), None) => outcome.reason = "gallery disappeared".into(),
+        }
+        outcomes.push(outcome);
+    }
+    for (_, (g, items)) in groups {
+        let (slots, items): (Vec<usize>, Vec<Prepared>) = items.into_iter().unzip();
+        let result = tokio::task::spawn_blocking(move || {
+            let (items, thumbs): (Vec<NewItem>, Vec<Option<Vec<u8>>>) =
+                items.into_iter().map(|p| (p.item, p.thumbnail)).unzip();
+            let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+            let thumbs: Vec<(&str, &[u8])> = ids
+                .iter()
+                .zip(&thumbs)
+                .filter_map(|(id, t)| Some((id.as_str(), t.as_deref()?)))
+                .collect();
+            g.upsert_with(items, &thumbs)
+        })
+        .await;
+        match result {
+            Ok(Ok(replaced)) => {
+                for (slot, r) in slots.into_iter().zip(replaced) {
+                    outcomes[slot].status = if r { Status::Replaced } else { Status::Added };
+                }
+            }
+            Ok(Err(e)) => {
+                // A full disk is no fault of the item: send it again later.
+                let e = ServiceError::from(e).logged();
+                for &s in &slots {
+                    if e.kind().retryable() {
+                        outcomes[s].status = Status::RetryLater;
+                    }
+                    outcomes[s].reason = e.to_string();
+                }
+            }
+            Err(e) => slots
+                .iter()
+                .for_each(|&s| outcomes[s].reason = format!("commit task failed: {e}")),
+        }
+    }
+    outcomes
+}
