@@ -310,7 +310,9 @@ async fn run_op(
         Op::AddImage => {
             let item = pb::AddItem {
                 gallery: GALLERY.into(),
-                id: format!("img-{worker}-{n}"),
+                // Ids repeat every 64 operations, so the gallery stays bounded
+                // (a soak then shows memory, not growth).
+                id: format!("img-{worker}-{}", n % 64),
                 content: Some(Content::Image(image())),
                 metadata: HashMap::new(),
             };

@@ -25,9 +25,10 @@ fuzz_target!(|data: &[u8]| {
         0 => {
             if let Ok(r) = pb::SearchRequest::decode(body) {
                 if let Ok(k) = checks::top_k(r.top_k, 10, 1000) {
-                    let post = plan::PostOptions::default();
+                    let post = lookalike::api::convert::post(r.post_processing);
                     let _ = plan::plan(post, &limits, k, r.ef_search as usize, r.exact);
                 }
+                let _ = lookalike::api::convert::query(r.query);
             }
         }
         1 => {

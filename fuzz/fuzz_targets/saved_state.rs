@@ -15,5 +15,10 @@ fuzz_target!(|data: &[u8]| {
     let mut bytes = data.to_vec();
     bytes.extend_from_slice(&Sha256::digest(data));
     std::fs::write(dir.path().join("state.bin"), bytes).unwrap();
-    let _ = persist::load(dir.path(), 8, &PostConfig::default(), &HnswParams::default());
+    let _ = persist::load(
+        dir.path(),
+        8,
+        &PostConfig::default(),
+        &HnswParams::default(),
+    );
 });

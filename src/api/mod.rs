@@ -2,7 +2,7 @@
 //! mapping, and the server (with health and reflection).
 
 mod batch;
-mod convert;
+pub mod convert;
 pub mod health;
 mod ingest;
 pub mod server;
