@@ -749,7 +749,7 @@ impl Gallery {
     }
 
     pub fn default_ef(&self) -> usize {
-        self.index.params().ef_search
+        self.index.default_ef()
     }
 
     pub fn stats(&self) -> GalleryStats {
