@@ -157,8 +157,8 @@ fn kr_single_over_a_shortlist_matches_reference() {
             .sum()
     };
     let (mut held, mut same) = (0, 0);
-    for qi in 0..q.nrows() {
-        let shortlist = &euclid[qi][..100];
+    for (qi, ranked) in euclid.iter().enumerate() {
+        let shortlist = &ranked[..100];
         let premise = (0..g.nrows()).filter(|i| !shortlist.contains(i)).all(|i| {
             let dq = d2(q.row(qi), g.row(i));
             dq > nb.d2[i * nb.k + p.k1 - 1] && dq <= nb.row_max[i]
