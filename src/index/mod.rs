@@ -34,8 +34,9 @@ use distance::{euclidean_from_cosine, UnitCosine};
 /// HNSW parameters. The defaults give recall@10 >= 0.98 on 20k uniformly
 /// random 512-d unit vectors (`tests/ann_recall.rs`; 0.997 measured), the
 /// worst case. Real descriptors cluster and reach that recall with a far
-/// smaller ef (64 on the clustered benchmark, 15x faster at 100k): lower
-/// `ef_search` after measuring recall on your own gallery (BENCHMARKS.md).
+/// smaller ef (64 on the clustered benchmark, 15x faster at 100k), so each
+/// build calibrates the default ef on the gallery's own items
+/// (`target_recall`, `calibrate`); `ef_search` is the default until then.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HnswParams {
