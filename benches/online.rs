@@ -2,7 +2,7 @@
 //! keeping the gallery-side state current, on synthetic clustered 512-d
 //! descriptors.
 //!
-//!     cargo bench --bench online -- [N ...]      (default: 10000 100000)
+//!     cargo bench --bench online -- [N ...] [dims=D]   (default: 10000 100000, 512-d)
 //!
 //! For each gallery size: the first (full) refresh, incremental refreshes
 //! after small write bursts, p50/p99 per stage of `online::search` for
@@ -14,7 +14,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{clustered, gallery_sizes, percentile, DIMS};
+use common::{clustered_d, gallery_sizes, percentile, DIMS};
 use lookalike::gallery::online::{self, Plan, QueryExpansion};
 use lookalike::gallery::post::PostConfig;
 use lookalike::gallery::{Galleries, Metadata, NewItem};
@@ -35,6 +35,10 @@ fn item(i: usize, vector: Vec<f32>) -> NewItem {
 
 fn main() -> anyhow::Result<()> {
     let sizes = gallery_sizes();
+    // `dims=3840`: the default model's S+M+G descriptor width.
+    let dims: usize = std::env::args()
+        .find_map(|a| a.strip_prefix("dims=").and_then(|d| d.parse().ok()))
+        .unwrap_or(DIMS);
     let params = HnswParams::default();
     let post = PostConfig {
         // Refreshes are run by hand here, to time them.
@@ -42,7 +46,7 @@ fn main() -> anyhow::Result<()> {
         ..PostConfig::default()
     };
     println!(
-        "dims {DIMS}, {QUERIES} queries, DBA k {}, neighbours k {}, exact limit {}",
+        "dims {dims}, {QUERIES} queries, DBA k {}, neighbours k {}, exact limit {}",
         post.dba_k, post.neighbours_k, params.exact_limit
     );
     for n in sizes {
@@ -50,11 +54,11 @@ fn main() -> anyhow::Result<()> {
         let gs = Galleries::open(&dir.path().join("db.redb"), params.clone(), post.clone())?;
         let meta = GalleryMeta {
             model_fingerprint: "bench".into(),
-            dims: DIMS as u32,
+            dims: dims as u32,
         };
         let g = gs.create("bench", meta)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(n as u64);
-        let (vectors, queries) = clustered(&mut rng, n + 1000, QUERIES);
+        let (vectors, queries) = clustered_d(&mut rng, n + 1000, QUERIES, dims);
         let mut vectors = vectors.into_iter().enumerate();
         for _ in 0..n.div_ceil(1000) {
             let chunk: Vec<NewItem> = vectors

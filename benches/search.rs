@@ -25,7 +25,10 @@ const K: usize = 10;
 
 fn main() {
     let sizes = gallery_sizes();
-    let params = HnswParams::default();
+    let params = HnswParams {
+        target_recall: 0.0,
+        ..HnswParams::default()
+    };
     println!(
         "dims {DIMS}, k {K}, {QUERIES} queries, m {}, ef_construction {}",
         params.m, params.ef_construction

@@ -11,13 +11,17 @@ use rand::Rng;
 pub const DIMS: usize = 512;
 
 pub fn random_unit(rng: &mut impl Rng) -> Vec<f32> {
-    let v: Vec<f32> = (0..DIMS).map(|_| rng.random::<f32>() - 0.5).collect();
+    random_unit_d(rng, DIMS)
+}
+
+pub fn random_unit_d(rng: &mut impl Rng, dims: usize) -> Vec<f32> {
+    let v: Vec<f32> = (0..dims).map(|_| rng.random::<f32>() - 0.5).collect();
     normalised(&v).expect("non-zero")
 }
 
 /// A photo of product `centre`: the centre plus as much noise again.
 pub fn near(rng: &mut impl Rng, centre: &[f32]) -> Vec<f32> {
-    let noise = random_unit(rng);
+    let noise = random_unit_d(rng, centre.len());
     let v: Vec<f32> = centre
         .iter()
         .zip(&noise)
@@ -29,7 +33,19 @@ pub fn near(rng: &mut impl Rng, centre: &[f32]) -> Vec<f32> {
 /// `n` gallery vectors in groups of 20 and `queries` query vectors near
 /// the same centres.
 pub fn clustered(rng: &mut impl Rng, n: usize, queries: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-    let centres: Vec<Vec<f32>> = (0..(n / 20).max(1)).map(|_| random_unit(rng)).collect();
+    clustered_d(rng, n, queries, DIMS)
+}
+
+/// `clustered` in `dims` dimensions.
+pub fn clustered_d(
+    rng: &mut impl Rng,
+    n: usize,
+    queries: usize,
+    dims: usize,
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let centres: Vec<Vec<f32>> = (0..(n / 20).max(1))
+        .map(|_| random_unit_d(rng, dims))
+        .collect();
     let items = (0..n)
         .map(|i| near(rng, &centres[i % centres.len()]))
         .collect();

@@ -50,6 +50,7 @@ impl RetrievalService {
 
     fn stats(&self, g: &Gallery) -> pb::GalleryStatsResponse {
         let s = g.stats();
+        let cal = s.index.calibration;
         pb::GalleryStatsResponse {
             gallery: s.name,
             count: s.count as u64,
@@ -66,6 +67,11 @@ impl RetrievalService {
                 dba: s.dba,
                 graph: s.index.built,
                 projection_components: s.projection_components as u32,
+                default_ef: g.default_ef() as u32,
+                calibrated_recall: cal.map_or(0.0, |c| c.recall),
+                calibration_sample: cal.map_or(0, |c| c.sample as u32),
+                target_recall_reached: cal.is_some_and(|c| c.reached),
+                build_seconds: cal.map_or(0.0, |c| c.build_seconds),
             }),
         }
     }

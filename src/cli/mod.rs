@@ -222,7 +222,26 @@ pub async fn stats(args: ClientArgs) -> anyhow::Result<()> {
     for g in resp.galleries {
         let idx = g.index.unwrap_or_default();
         let index = if idx.graph {
-            format!("HNSW {} points, {} tombstones", idx.points, idx.tombstones)
+            let calibration = if idx.calibration_sample > 0 {
+                format!(
+                    ", ef {} (recall@10 {:.3} on {} items{}), built in {:.1} s",
+                    idx.default_ef,
+                    idx.calibrated_recall,
+                    idx.calibration_sample,
+                    if idx.target_recall_reached {
+                        ""
+                    } else {
+                        ", under the target"
+                    },
+                    idx.build_seconds
+                )
+            } else {
+                format!(", ef {}", idx.default_ef)
+            };
+            format!(
+                "HNSW {} points, {} tombstones{calibration}",
+                idx.points, idx.tombstones
+            )
         } else {
             "exact search".to_string()
         };

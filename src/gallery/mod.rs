@@ -103,7 +103,8 @@ struct State {
     /// Live index point -> item seq.
     by_point: HashMap<u64, u64>,
     next_seq: u64,
-    /// Point ids are not persisted: the graph is rebuilt at start.
+    /// The first point id never issued. Saved at shutdown with the graph
+    /// (`persist`), whose dead points may lie above every live one.
     next_point: u64,
     /// The projection every `indexed` vector is in (None: raw space);
     /// switched together with the vectors, under this lock.
@@ -763,7 +764,7 @@ impl Gallery {
     }
 
     pub fn default_ef(&self) -> usize {
-        self.index.params().ef_search
+        self.index.default_ef()
     }
 
     pub fn stats(&self) -> GalleryStats {

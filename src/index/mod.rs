@@ -17,6 +17,7 @@
 //! The graph is saved at shutdown and loaded at start together with the
 //! rest of a gallery's derived state (`crate::gallery::persist`).
 
+pub mod calibrate;
 pub mod distance;
 pub mod exact;
 
@@ -27,13 +28,15 @@ use hnsw_rs::prelude::Hnsw;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
+pub use calibrate::Calibration;
 use distance::{euclidean_from_cosine, UnitCosine};
 
 /// HNSW parameters. The defaults give recall@10 >= 0.98 on 20k uniformly
 /// random 512-d unit vectors (`tests/ann_recall.rs`; 0.997 measured), the
 /// worst case. Real descriptors cluster and reach that recall with a far
-/// smaller ef (64 on the clustered benchmark, 15x faster at 100k): lower
-/// `ef_search` after measuring recall on your own gallery (BENCHMARKS.md).
+/// smaller ef (64 on the clustered benchmark, 15x faster at 100k), so each
+/// build calibrates the default ef on the gallery's own items
+/// (`target_recall`, `calibrate`); `ef_search` is the default until then.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HnswParams {
@@ -51,6 +54,12 @@ pub struct HnswParams {
     /// Largest `ef_search` a request may ask for: the beam is allocated
     /// per search, so an unbounded one is a memory and CPU lever.
     pub max_ef_search: u32,
+    /// After each graph build, the default ef becomes the smallest one
+    /// whose recall@10 against exact search on a sample of the gallery's
+    /// own items reaches this (`calibrate`); 0 keeps `ef_search`.
+    pub target_recall: f64,
+    /// Items that calibration measures recall on.
+    pub calibration_sample: usize,
 }
 
 impl Default for HnswParams {
@@ -62,6 +71,8 @@ impl Default for HnswParams {
             rebuild_tombstone_ratio: 0.2,
             exact_limit: 200_000,
             max_ef_search: 16384,
+            target_recall: 0.98,
+            calibration_sample: 200,
         }
     }
 }
@@ -85,23 +96,36 @@ pub struct AnnIndex {
     pending: Mutex<Vec<(u64, Vector)>>,
     rebuilding: AtomicBool,
     generation: AtomicU64,
+    /// Of the graph in use, when it was built here (a loaded one has none
+    /// until its next build).
+    calibration: RwLock<Option<Calibration>>,
+}
+
+/// A graph built off the request path, with what its build measured.
+pub struct Built {
+    graph: Graph,
+    calibration: Option<Calibration>,
 }
 
 /// What GalleryStats reports about the index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct IndexStatus {
     /// Whether a graph exists (else searches are exact).
     pub built: bool,
     pub points: usize,
     pub rebuilding: bool,
     pub generation: u64,
+    pub calibration: Option<Calibration>,
 }
 
 impl AnnIndex {
     /// An index with a graph over `items` (point id, unit vector).
     pub fn new(params: HnswParams, items: &[(u64, Vector)]) -> Self {
-        let graph = build(&params, items);
-        Self::with_graph(params, graph)
+        let index = Self::empty(params);
+        let built = index.build_graph(items);
+        *index.calibration.write() = built.calibration;
+        *index.graph.write() = Some(Arc::new(built.graph));
+        index
     }
 
     /// An index over a graph built or loaded elsewhere.
@@ -124,7 +148,14 @@ impl AnnIndex {
             pending: Mutex::new(Vec::new()),
             rebuilding: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            calibration: RwLock::new(None),
         }
+    }
+
+    /// The beam width a search uses unless the request sets one: the
+    /// calibrated one once a build here measured it, else `ef_search`.
+    pub fn default_ef(&self) -> usize {
+        (*self.calibration.read()).map_or(self.params.ef_search, |c| c.ef)
     }
 
     pub fn params(&self) -> &HnswParams {
@@ -160,6 +191,7 @@ impl AnnIndex {
         let _guard = self.pending.lock();
         if !self.rebuilding.load(Ordering::Acquire) {
             *self.graph.write() = None;
+            *self.calibration.write() = None;
         }
     }
 
@@ -211,6 +243,7 @@ impl AnnIndex {
             points: graph.as_ref().map_or(0, |g| g.get_nb_point()),
             rebuilding: self.rebuilding.load(Ordering::Acquire),
             generation: self.generation.load(Ordering::Acquire),
+            calibration: *self.calibration.read(),
         }
     }
 
@@ -230,19 +263,44 @@ impl AnnIndex {
         self.install_graph(self.build_graph(live));
     }
 
-    /// The graph a rebuild would install (no locks held while it builds).
-    pub fn build_graph(&self, live: &[(u64, Vector)]) -> Graph {
-        build(&self.params, live)
+    /// The graph a rebuild would install, calibrated on `live` (no locks
+    /// held while it builds).
+    pub fn build_graph(&self, live: &[(u64, Vector)]) -> Built {
+        let t = std::time::Instant::now();
+        let graph = build(&self.params, live);
+        let seconds = t.elapsed().as_secs_f64();
+        let p = &self.params;
+        let calibration = (p.target_recall > 0.0 && !live.is_empty()).then(|| {
+            let c = calibrate::calibrate(
+                &graph,
+                live,
+                p.target_recall,
+                p.calibration_sample,
+                p.max_ef_search as usize,
+                seconds,
+            );
+            tracing::info!(
+                ef = c.ef,
+                recall = c.recall,
+                sample = c.sample,
+                build_s = seconds,
+                "graph calibrated"
+            );
+            c
+        });
+        Built { graph, calibration }
     }
 
     /// Second half of `finish_rebuild`: replays the inserts made since
     /// `begin_rebuild` into `graph` and swaps it in.
-    pub fn install_graph(&self, graph: Graph) {
+    pub fn install_graph(&self, built: Built) {
+        let Built { graph, calibration } = built;
         let mut pending = self.pending.lock();
         for (point, v) in pending.drain(..) {
             graph.insert_slice((&v, point as usize));
         }
         *self.graph.write() = Some(Arc::new(graph));
+        *self.calibration.write() = calibration;
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.rebuilding.store(false, Ordering::Release);
     }

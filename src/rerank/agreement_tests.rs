@@ -7,7 +7,7 @@ use ndarray::Array2;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use super::kreciprocal::{k_reciprocal, KrParams};
+use super::kreciprocal::{k_reciprocal, kr_single, query_max_d2, GalleryNeighbours, KrParams};
 use super::pipeline::{parse_stages, Pipeline};
 use super::probe::{traced, Counts, Path};
 use super::reference as r;
@@ -134,6 +134,63 @@ fn kr_matches_reference() {
         ],
     );
     assert_eq!(c.of(Path::KrExactTop), 0);
+}
+
+/// The service's single-query KR over a shortlist of each query's 100
+/// nearest items (only they get q merged into their lists; every other
+/// item keeps its prepared list) against the definition over P = {q} +
+/// the whole gallery. Where the fast path's premise holds (no item
+/// outside the shortlist has q among its `k1` nearest, or q farther than
+/// its farthest gallery item; checked here from exact distances) the two
+/// agree exactly. Elsewhere the fast path is an approximation; how often
+/// its top 10 still equals the definition's is printed (`--nocapture`).
+#[test]
+fn kr_single_over_a_shortlist_matches_reference() {
+    let (q, g) = data(5, 12, 2000, 64);
+    let p = KrParams::default();
+    let nb = GalleryNeighbours::build(g.view(), 21).unwrap();
+    let euclid = r::rank(&q, &g);
+    let d2 = |a: ndarray::ArrayView1<f32>, b: ndarray::ArrayView1<f32>| -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+            .sum()
+    };
+    let (mut held, mut same) = (0, 0);
+    for (qi, ranked) in euclid.iter().enumerate() {
+        let shortlist = &ranked[..100];
+        let premise = (0..g.nrows()).filter(|i| !shortlist.contains(i)).all(|i| {
+            let dq = d2(q.row(qi), g.row(i));
+            dq > nb.d2[i * nb.k + p.k1 - 1] && dq <= nb.row_max[i]
+        });
+        let one = q.slice(ndarray::s![qi..qi + 1, ..]).to_owned();
+        let want: Vec<(usize, f64)> = r::kr(&one, &g, &p)[0].iter().take(10).copied().collect();
+        let mx = query_max_d2(q.row(qi), g.view(), &nb).unwrap();
+        let (fast, c) =
+            traced(|| kr_single(q.row(qi), g.view(), &nb, shortlist, Some(mx), &p, 10).unwrap());
+        assert_fast_paths("kr_single", &c, &[Path::KrStoredLists]);
+        let ids: Vec<usize> = fast.iter().map(|e| e.0).collect();
+        let want_ids: Vec<usize> = want.iter().map(|e| e.0).collect();
+        same += usize::from(ids == want_ids);
+        if !premise {
+            continue;
+        }
+        held += 1;
+        assert_eq!(ids, want_ids, "query {qi}");
+        for (a, b) in fast.iter().zip(&want) {
+            assert!(
+                (a.1 - b.1).abs() < 1e-9,
+                "query {qi}: D* {} vs {}",
+                a.1,
+                b.1
+            );
+        }
+    }
+    eprintln!(
+        "kr_single over 100: premise held for {held} of {n} queries; top 10 identical to the definition for {same} of {n}",
+        n = q.nrows()
+    );
+    assert!(held >= 2, "premise held for only {held} queries");
 }
 
 #[test]

@@ -15,13 +15,59 @@ pub(crate) fn block_rows(ncols: usize) -> usize {
     ((1usize << 22) / ncols.max(1)).clamp(64, 512)
 }
 
-/// f64 dot product of two f32 rows, summed in index order. Every "exact"
-/// distance goes through here, so all paths agree bit for bit.
+/// f64 dot product of two f32 rows: element `i` goes to accumulator
+/// `i % 8`, the eight summed in order. Every "exact" distance goes through
+/// here, so all paths agree bit for bit. Eight independent sums let the
+/// loop vectorise (a single running sum cannot be reordered: 5x slower at
+/// 3840-d); the f32 x f32 products are exact in f64, so a fused
+/// multiply-add rounds exactly as a multiply then add.
 pub(crate) fn dot64(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| f64::from(x) * f64::from(y))
-        .sum()
+    if let (Some(x), Some(y)) = (a.as_slice(), b.as_slice()) {
+        return dot64_slices(x, y);
+    }
+    let mut acc = [0f64; 8];
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        acc[i % 8] += f64::from(x) * f64::from(y);
+    }
+    sum_lanes(acc)
+}
+
+fn dot64_slices(a: &[f32], b: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports the feature the function is built for.
+        return unsafe { dot64_avx2(a, b) };
+    }
+    dot64_lanes(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot64_avx2(a: &[f32], b: &[f32]) -> f64 {
+    dot64_lanes(a, b)
+}
+
+#[inline(always)]
+fn dot64_lanes(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += f64::from(x[i]) * f64::from(y[i]);
+        }
+    }
+    for (i, (&x, &y)) in ta.iter().zip(tb).enumerate() {
+        acc[i] += f64::from(x) * f64::from(y);
+    }
+    sum_lanes(acc)
+}
+
+#[inline(always)]
+fn sum_lanes(acc: [f64; 8]) -> f64 {
+    acc.iter().sum()
 }
 
 /// Exact squared distance `|a|^2 + |b|^2 - 2 a.b` (f64), clamped at 0.

@@ -21,6 +21,8 @@ pub(crate) enum Path {
     KrScreenedTop,
     /// KR's final top-n computed exactly for every gallery item.
     KrExactTop,
+    /// `kr_single` read items' prepared lists (q not merged into them).
+    KrStoredLists,
     /// PCA fitted through the n x n Gram matrix (n <= dims).
     PcaGram,
     /// PCA fitted through the dims x dims scatter matrix.

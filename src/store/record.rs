@@ -14,8 +14,9 @@ const VERSION: u8 = 1;
 /// One gallery item as the store keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ItemRecord {
-    /// Insertion sequence number, unique within a gallery; the ANN index's
-    /// data id. Re-adding an id gives it a new seq.
+    /// Insertion sequence number, unique within a gallery; the derived
+    /// state's key for the item (the ANN index keys points, not seqs: see
+    /// `index`). Re-adding an id gives it a new seq.
     pub seq: u64,
     pub descriptor: Vec<f32>,
     pub metadata: BTreeMap<String, String>,

@@ -11,6 +11,7 @@ use super::{final_dist, nbrs, norm_d, qe_row, v_row, Graph, KrParams, NeighbourL
 use crate::rerank::knn::{
     check_finite, d2_pair, dot64, screen_self, top_k_of, top_k_sorted, Points,
 };
+use crate::rerank::probe::{self, Path};
 use crate::rerank::RerankError;
 
 /// Precomputed gallery-side data for single-query KR: each gallery item's
@@ -23,9 +24,35 @@ pub struct GalleryNeighbours {
     pub(crate) ids: Vec<u32>,
     pub(crate) d2: Vec<f64>,
     pub(crate) row_max: Vec<f64>,
+    /// Per item, its list as a request reads it when q is not in it, in
+    /// P indices (item g is g + 1): itself, then its `k` neighbours by
+    /// (d2 / row maximum, index); `k + 1` entries each. Prepared here, at
+    /// refresh time, so that `kr_single` does no per-item work.
+    pub(crate) list_ids: Vec<u32>,
+    /// Those entries' normalised distances (0 for itself).
+    pub(crate) list_d: Vec<f64>,
 }
 
 impl GalleryNeighbours {
+    /// Fills `list_ids` / `list_d` from the stored neighbours.
+    pub(crate) fn prepared(mut self) -> Self {
+        let (k, n) = (self.k, self.row_max.len());
+        self.list_ids = Vec::with_capacity(n * (k + 1));
+        self.list_d = Vec::with_capacity(n * (k + 1));
+        let mut c: Vec<(f64, u32)> = Vec::with_capacity(k);
+        for gi in 0..n {
+            let mx = self.row_max[gi];
+            c.clear();
+            c.extend((gi * k..(gi + 1) * k).map(|t| (norm_d(self.d2[t], mx), self.ids[t] + 1)));
+            top_k_sorted(&mut c, k);
+            self.list_ids.push(gi as u32 + 1);
+            self.list_d.push(0.0);
+            self.list_ids.extend(c.iter().map(|e| e.1));
+            self.list_d.extend(c.iter().map(|e| e.0));
+        }
+        self
+    }
+
     /// `k` must be at least `max(k1, k2 - 1)` of the KR parameters used
     /// later (it is capped at gallery size - 1).
     pub fn build(gallery: ArrayView2<f32>, k: usize) -> Result<Self, RerankError> {
@@ -52,13 +79,15 @@ impl GalleryNeighbours {
             ids: Vec::new(),
             d2: Vec::new(),
             row_max: Vec::new(),
+            list_ids: Vec::new(),
+            list_d: Vec::new(),
         };
         for (a, b, c) in parts {
             out.ids.extend(a);
             out.d2.extend(b);
             out.row_max.extend(c);
         }
-        Ok(out)
+        Ok(out.prepared())
     }
 
     /// Rebuilds stored data (e.g. from the index's store): per gallery item
@@ -98,7 +127,10 @@ impl GalleryNeighbours {
             ids,
             d2,
             row_max,
-        })
+            list_ids: Vec::new(),
+            list_d: Vec::new(),
+        }
+        .prepared())
     }
 
     /// (k, squared norms, neighbour ids, neighbour d2, row maxima), the
@@ -120,76 +152,82 @@ impl GalleryNeighbours {
     }
 }
 
-/// Lazily materialised neighbour lists over P = {q} + gallery
-/// (P index 0 is the query, gallery item g is g + 1).
+/// The lists over P = {q} + gallery that a request reads (P index 0 is
+/// the query, gallery item g is g + 1). Only q and the shortlist get lists
+/// with q merged in, made per request; every other item's list is its
+/// prepared one (`GalleryNeighbours::prepared`), so a request costs the
+/// same at any gallery size: |shortlist| distances to q, no per-item work.
 struct Single<'a> {
     q: ArrayView1<'a, f32>,
     qn2: f64,
     gallery: ArrayView2<'a, f32>,
     nb: &'a GalleryNeighbours,
+    /// Sorted, deduplicated.
     shortlist: &'a [usize],
-    query_max: Option<f64>,
     len: usize,
-    /// Indexed by P index; dense because a request touches a large part
-    /// of P and hashing dominated the cost.
-    lists: Vec<Option<NeighbourList>>,
-    /// d2(q, p), NaN until computed.
+    /// Slot 0: q's list; slot i + 1: that of `shortlist[i]`.
+    merged: Vec<NeighbourList>,
+    /// d2(q, shortlist[i]).
     dq: Vec<f64>,
 }
 
 impl Single<'_> {
-    fn d2q(&mut self, p: u32) -> f64 {
-        let gi = p as usize - 1;
-        let (q, qn2, g, n2) = (self.q, self.qn2, self.gallery, &self.nb.n2);
-        let slot = &mut self.dq[p as usize];
-        if slot.is_nan() {
-            *slot = d2_pair(q, qn2, g.row(gi), n2[gi]);
+    /// The slot of `p`'s merged list, if it has one.
+    fn slot(&self, p: u32) -> Option<usize> {
+        if p == 0 {
+            return Some(0);
         }
-        *slot
+        self.shortlist
+            .binary_search(&(p as usize - 1))
+            .ok()
+            .map(|i| i + 1)
     }
 
-    fn ensure(&mut self, p: u32) {
-        if self.lists[p as usize].is_some() {
-            return;
-        }
-        let mut c: Vec<(f64, u32)> = Vec::new();
-        let mx;
-        if p == 0 {
-            let sl = self.shortlist;
-            for &g in sl {
-                let d = self.d2q(g as u32 + 1);
-                c.push((d, g as u32 + 1));
-            }
-            mx = self
-                .query_max
-                .unwrap_or_else(|| c.iter().fold(0.0f64, |a, e| a.max(e.0)));
-        } else {
-            let gi = p as usize - 1;
-            let dq = self.d2q(p);
-            mx = self.nb.row_max[gi].max(dq);
-            c.push((dq, 0));
-            let s0 = gi * self.nb.k;
-            for t in s0..s0 + self.nb.k {
-                c.push((self.nb.d2[t], self.nb.ids[t] + 1));
-            }
-        }
-        for e in c.iter_mut() {
-            e.0 = norm_d(e.0, mx);
+    /// The list of shortlisted gallery item `gi` (at shortlist position
+    /// `at`) with q merged in.
+    fn merged_list(&self, gi: usize, at: usize) -> NeighbourList {
+        let dq = self.dq[at];
+        let mx = self.nb.row_max[gi].max(dq);
+        let mut c: Vec<(f64, u32)> = vec![(norm_d(dq, mx), 0)];
+        let s0 = gi * self.nb.k;
+        for t in s0..s0 + self.nb.k {
+            c.push((norm_d(self.nb.d2[t], mx), self.nb.ids[t] + 1));
         }
         top_k_sorted(&mut c, self.len - 1);
-        let mut ids = vec![p];
+        let mut ids = vec![gi as u32 + 1];
         let mut ds = vec![0.0];
         ids.extend(c.iter().map(|e| e.1));
         ds.extend(c.iter().map(|e| e.0));
-        self.lists[p as usize] = Some((ids, ds, mx));
+        (ids, ds, mx)
     }
 
-    fn ensure_all(&mut self, ps: &HashSet<u32>) {
-        let mut v: Vec<u32> = ps.iter().copied().collect();
-        v.sort_unstable();
-        for p in v {
-            self.ensure(p);
-        }
+    /// q's list: the shortlist by distance, normalised by `mx`.
+    fn query_list(&self, mx: f64) -> NeighbourList {
+        let mut c: Vec<(f64, u32)> = self
+            .shortlist
+            .iter()
+            .zip(&self.dq)
+            .map(|(&g, &d)| (norm_d(d, mx), g as u32 + 1))
+            .collect();
+        top_k_sorted(&mut c, self.len - 1);
+        let mut ids = vec![0];
+        let mut ds = vec![0.0];
+        ids.extend(c.iter().map(|e| e.1));
+        ds.extend(c.iter().map(|e| e.0));
+        (ids, ds, mx)
+    }
+
+    /// A prepared list: (ids, D) of its first `len` entries, row maximum.
+    fn prepared(&self, p: u32) -> (&[u32], &[f64], f64) {
+        let gi = p as usize - 1;
+        let w = self.nb.k + 1;
+        let n = self.len.min(w);
+        let s0 = gi * w;
+        (
+            &self.nb.list_ids[s0..s0 + n],
+            &self.nb.list_d[s0..s0 + n],
+            self.nb.row_max[gi],
+        )
     }
 
     fn row(&self, p: u32) -> (ArrayView1<'_, f32>, f64) {
@@ -204,34 +242,63 @@ impl Single<'_> {
 
 impl Graph for Single<'_> {
     fn ranked(&self, i: u32) -> &[u32] {
-        // Every list read is materialised by `kr_single` beforehand.
-        self.lists
-            .get(i as usize)
-            .and_then(Option::as_ref)
-            .map_or(&[][..], |l| l.0.as_slice())
+        match self.slot(i) {
+            Some(s) => &self.merged[s].0,
+            None => self.prepared(i).0,
+        }
     }
     fn dist(&self, i: u32, j: u32) -> f64 {
-        let Some((ids, ds, mx)) = self.lists.get(i as usize).and_then(Option::as_ref) else {
-            return 0.0;
+        let (ids, ds, mx) = match self.slot(i) {
+            Some(s) => {
+                let (ids, ds, mx) = &self.merged[s];
+                (&ids[..], &ds[..], *mx)
+            }
+            None => self.prepared(i),
         };
         if let Some(p) = ids.iter().position(|&x| x == j) {
             return ds[p];
         }
-        let ((a, an2), (b, bn2)) = (self.row(i), self.row(j));
-        let d2 = d2_pair(a, an2, b, bn2);
-        norm_d(d2, *mx)
+        // Either item's stored row may hold the pair (d2 is symmetric and
+        // stored exactly as computed below): a 3840-d distance from memory
+        // costs microseconds, and V's rows ask for thousands.
+        let d2 = self
+            .stored_d2(i, j)
+            .or_else(|| self.stored_d2(j, i))
+            .unwrap_or_else(|| {
+                let ((a, an2), (b, bn2)) = (self.row(i), self.row(j));
+                d2_pair(a, an2, b, bn2)
+            });
+        norm_d(d2, mx)
+    }
+}
+
+impl Single<'_> {
+    /// d2(i, j) from gallery item i's stored neighbours, if j is one.
+    fn stored_d2(&self, i: u32, j: u32) -> Option<f64> {
+        if i == 0 || j == 0 {
+            return None;
+        }
+        let (k, gi, gj) = (self.nb.k, i as usize - 1, j - 1);
+        let row = &self.nb.ids[gi * k..(gi + 1) * k];
+        let t = row.iter().position(|&x| x == gj)?;
+        Some(self.nb.d2[gi * k + t])
     }
 }
 
 /// KR for one query against a shortlist of gallery candidates, with P =
-/// {q} + gallery. Gallery lists come from `nb` with q merged in; q's own
-/// neighbours and row maximum come from the shortlist only, so with the
-/// shortlist = the whole gallery this is exactly the batch definition with
-/// one query, and otherwise an approximation. `query_max_d2`: the query's
-/// maximum squared distance over the whole gallery (`query_max_d2`, one
-/// linear scan) when the caller has it, which removes the largest part of
-/// the shortlist's error; `None` takes the maximum over the shortlist.
-/// Returns the `top_n` shortlisted gallery ids with D*.
+/// {q} + gallery. The shortlisted items' lists come from `nb` with q
+/// merged in; q's own neighbours and row maximum come from the shortlist
+/// only; every other item keeps its stored list, i.e. q is taken to be
+/// neither among its `k1` nearest nor farther from it than its farthest
+/// gallery item. So with the shortlist = the whole gallery this is
+/// exactly the batch definition with one query, and otherwise it is where
+/// those two premises hold (a shortlist of q's nearest items: an item
+/// that has q among its nearest is near q); `agreement_tests` checks
+/// both. `query_max_d2`: the query's maximum squared distance over the
+/// whole gallery (`query_max_d2`, one linear scan) when the caller has
+/// it, which removes the largest part of the shortlist's error; `None`
+/// takes the maximum over the shortlist. Returns the `top_n` shortlisted
+/// gallery ids with D*.
 pub fn kr_single(
     query: ArrayView1<f32>,
     gallery: ArrayView2<f32>,
@@ -285,46 +352,48 @@ pub fn kr_single(
         });
     }
     let mut sl = shortlist.to_vec();
+    // A gallery smaller than a list (every list holds all of P, q
+    // included) is small: merge q into every list.
+    if nb.k < len - 1 {
+        sl = (0..ng).collect();
+    }
     sl.sort_unstable();
     sl.dedup();
+    if sl.len() < ng {
+        probe::hit(Path::KrStoredLists);
+    }
 
+    let qn2 = dot64(query, query);
+    let dq: Vec<f64> = sl
+        .iter()
+        .map(|&g| d2_pair(query, qn2, gallery.row(g), nb.n2[g]))
+        .collect();
     let mut s = Single {
         q: query,
-        qn2: dot64(query, query),
+        qn2,
         gallery,
         nb,
         shortlist: &sl,
-        query_max: query_max_d2,
         len,
-        lists: vec![None; ng + 1],
-        dq: vec![f64::NAN; ng + 1],
+        merged: Vec::with_capacity(sl.len() + 1),
+        dq,
     };
+    let qmax = query_max_d2.unwrap_or_else(|| s.dq.iter().fold(0.0f64, |a, &d| a.max(d)));
+    let merged: Vec<NeighbourList> = std::iter::once(s.query_list(qmax))
+        .chain(sl.iter().enumerate().map(|(at, &g)| s.merged_list(g, at)))
+        .collect();
+    s.merged = merged;
 
-    // Materialise the lists the algorithm reads: S0 = {q} + shortlist; A =
-    // S0 + their k2 nearest (V needed); B = N(a,k1); C = N(b, half_k1).
-    let s0: HashSet<u32> = std::iter::once(0)
+    // V is needed for S0 = {q} + shortlist and their k2 - 1 nearest.
+    let mut a: HashSet<u32> = std::iter::once(0)
         .chain(sl.iter().map(|&g| g as u32 + 1))
         .collect();
-    s.ensure_all(&s0);
-    let mut a = s0.clone();
     if params.k2 > 1 {
-        for &p in &s0 {
+        let s0: Vec<u32> = a.iter().copied().collect();
+        for p in s0 {
             a.extend(nbrs(&s, p, params.k2 - 1).iter().copied());
         }
     }
-    s.ensure_all(&a);
-    let mut b = HashSet::new();
-    for &p in &a {
-        b.extend(nbrs(&s, p, params.k1).iter().copied());
-    }
-    s.ensure_all(&b);
-    let h = params.half_k1();
-    let mut c = HashSet::new();
-    for &p in &b {
-        c.extend(nbrs(&s, p, h).iter().copied());
-    }
-    s.ensure_all(&c);
-
     let v: HashMap<u32, SparseRow> = a.iter().map(|&p| (p, v_row(&s, p, params))).collect();
     let vq = |p: u32| -> SparseRow {
         if params.k2 > 1 {
@@ -336,15 +405,13 @@ pub fn kr_single(
         }
     };
     let qrow = vq(0);
-    let qmax = s.lists[0].as_ref().map_or(0.0, |l| l.2);
     let mut c: Vec<(f64, u32)> = sl
         .iter()
-        .map(|&gi| {
-            let p = gi as u32 + 1;
-            let grow = vq(p);
+        .zip(&s.dq)
+        .map(|(&gi, &dq)| {
+            let grow = vq(gi as u32 + 1);
             let m = sparse_min_sum(&qrow, &grow);
-            let d = norm_d(s.dq[p as usize], qmax);
-            (final_dist(m, d, params.lambda), gi as u32)
+            (final_dist(m, norm_d(dq, qmax), params.lambda), gi as u32)
         })
         .collect();
     top_k_sorted(&mut c, top_n);

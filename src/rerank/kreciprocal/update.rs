@@ -156,6 +156,8 @@ impl GalleryNeighbours {
             ids: Vec::with_capacity(n * k),
             d2: Vec::with_capacity(n * k),
             row_max: Vec::with_capacity(n),
+            list_ids: Vec::new(),
+            list_d: Vec::new(),
         };
         for row in rows {
             let Some(row) = row else {
@@ -167,7 +169,7 @@ impl GalleryNeighbours {
             out.d2.extend(row.d2);
             out.row_max.push(row.max);
         }
-        Ok(out)
+        Ok(out.prepared())
     }
 
     /// Kept survivor (old row `o`, block row `r` of `pb`) merged with the
