@@ -67,7 +67,10 @@ class Rendered(unittest.TestCase):
                 self.assertEqual(p["port"], grpc, f"{name} {probe}")
                 self.assertEqual(p["service"], "lookalike.v1.Retrieval")
             ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-            self.assertEqual(ports, {"grpc": grpc, "admin": port_of(cfg["admin_listen"])})
+            want = {"grpc": grpc, "admin": port_of(cfg["admin_listen"])}
+            if "http_listen" in cfg:
+                want["http"] = port_of(cfg["http_listen"])
+            self.assertEqual(ports, want)
             svc = {p["name"]: p["port"] for p in objs["Service/lookalike"]["spec"]["ports"]}
             self.assertEqual(svc, ports)
 
@@ -181,6 +184,20 @@ class Rendered(unittest.TestCase):
         self.assertIn("admin", [p["name"] for p in svc["spec"]["ports"]])
         labels = svc["metadata"]["labels"]
         self.assertTrue(all(labels.get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items()))
+
+    def test_http_api_port_only_when_the_config_listens(self):
+        for name in ("default", "gpu", "tls-auth"):
+            objs, cfg = rendered(ci(name))
+            self.assertNotIn("http_listen", cfg)
+            self.assertNotIn("http", [p["name"] for p in server(objs)["ports"]])
+            self.assertNotIn("http", [p["name"] for p in objs["Service/lookalike"]["spec"]["ports"]])
+        objs, cfg = rendered(ci("monitoring"))
+        port = port_of(cfg["http_listen"])
+        ports = {p["name"]: p for p in server(objs)["ports"]}
+        self.assertEqual(ports["http"]["containerPort"], port)
+        svc = {p["name"]: p for p in objs["Service/lookalike"]["spec"]["ports"]}
+        self.assertEqual((svc["http"]["port"], svc["http"]["targetPort"]), (port, "http"))
+        self.assertEqual(svc["http"]["appProtocol"], "http")
 
     def test_helm_test_pod_checks_health_and_lists_galleries(self):
         objs, _ = rendered(ci("default"))

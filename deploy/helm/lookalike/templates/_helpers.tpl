@@ -58,6 +58,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- include "lookalike.port" .Values.config.admin_listen }}
 {{- end }}
 
+{{/* The HTTP/JSON API and console port; empty when config.http_listen is unset (off). */}}
+{{- define "lookalike.httpPort" -}}
+{{- with .Values.config.http_listen }}{{ include "lookalike.port" . }}{{ end }}
+{{- end }}
+
 {{- define "lookalike.tlsDir" -}}/etc/lookalike/tls{{- end }}
 {{- define "lookalike.keysDir" -}}/etc/lookalike/api-keys{{- end }}
 
