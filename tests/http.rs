@@ -344,6 +344,23 @@ async fn every_route_with_its_errors_against_the_real_server() {
     assert_eq!(stats["count"], total);
     assert_eq!(stats["dims"], 1280);
     assert_eq!(stats["execution_provider"], "CPUExecutionProvider");
+    // The index state, field by field, as GalleryStats over gRPC says it.
+    let ix = grpc
+        .gallery_stats(pb::GalleryStatsRequest {
+            gallery: "groc".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .index
+        .unwrap();
+    let i = &stats["index"];
+    assert_eq!(i["points"], ix.points);
+    assert_eq!(i["graph"], ix.graph);
+    assert_eq!(i["default_ef"], ix.default_ef);
+    assert_eq!(i["calibration_sample"], ix.calibration_sample);
+    assert_eq!(i["target_recall_reached"], ix.target_recall_reached);
+    assert_eq!(i["projection_components"], ix.projection_components);
     let (_, list) = http.get("/v1/galleries").await;
     assert_eq!(list["galleries"][0]["gallery"], "groc");
     expect_error(http.get("/v1/galleries/nope").await, 404, "not_found");

@@ -34,6 +34,16 @@ pub struct IndexState {
     /// Whether an HNSW graph exists (else searches are exact).
     pub graph: bool,
     pub projection_components: u32,
+    /// The ef a search uses when it names none (calibrated after a build).
+    pub default_ef: u32,
+    /// Recall@10 of `default_ef` on a sample of the gallery's own items
+    /// (0: not calibrated), the sample size, and whether it reached
+    /// `index.target_recall`.
+    pub calibrated_recall: f64,
+    pub calibration_sample: u32,
+    pub target_recall_reached: bool,
+    /// Seconds the last graph build took (0: none yet).
+    pub build_seconds: f64,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -62,6 +72,7 @@ pub struct Dropped {
 
 fn stats(app: &App, g: &Gallery) -> GalleryStats {
     let s = g.stats();
+    let cal = s.index.calibration;
     GalleryStats {
         gallery: s.name,
         count: s.count as u64,
@@ -78,6 +89,11 @@ fn stats(app: &App, g: &Gallery) -> GalleryStats {
             dba: s.dba,
             graph: s.index.built,
             projection_components: s.projection_components as u32,
+            default_ef: g.default_ef() as u32,
+            calibrated_recall: cal.map_or(0.0, |c| c.recall),
+            calibration_sample: cal.map_or(0, |c| c.sample as u32),
+            target_recall_reached: cal.is_some_and(|c| c.reached),
+            build_seconds: cal.map_or(0.0, |c| c.build_seconds),
         },
     }
 }
