@@ -13,9 +13,8 @@
 //! Rounds alternate with the Python reference (`embed_baseline.py`: end
 //! to end and inference alone, batch 1) so both see the same machine.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use lookalike::api::pb::retrieval_client::RetrievalClient;
@@ -23,6 +22,10 @@ use lookalike::api::pb::EmbedRequest;
 use lookalike::embed::manifest::Manifest;
 use lookalike::model::{export, Arch, ExportOptions, ManifestEntry, Precision};
 use tonic::transport::Channel;
+
+#[path = "common/server.rs"]
+mod server;
+use server::Server;
 
 const PHOTOS: usize = 96;
 
@@ -62,43 +65,6 @@ fn export_default(dir: &Path) -> (PathBuf, PathBuf, ManifestEntry) {
     let path = dir.join("default.toml");
     manifest.write(&path).expect("writing the manifest");
     (onnx, path, entry)
-}
-
-struct Server(Child, String);
-
-impl Server {
-    fn start(dir: &Path, manifest: &Path) -> Self {
-        let config = dir.join("serve.toml");
-        let extra = std::env::var("LOOKALIKE_BENCH_CONFIG").unwrap_or_default();
-        std::fs::write(&config, extra.replace("\\n", "\n")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--model")
-            .arg(manifest)
-            .arg("--ort-dylib")
-            .arg(repo().join(lookalike::config::DEFAULT_ORT_DYLIB))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting lookalike serve");
-        let stdout = child.stdout.take().unwrap();
-        let addr = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("listening on ").map(str::to_string))
-            .expect("the server's listening line");
-        Self(child, addr)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -186,8 +152,9 @@ async fn main() {
     let (onnx, manifest, entry) = export_default(dir.path());
     let paths = photos();
     let imgs: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
-    let server = Server::start(dir.path(), &manifest);
-    let mut client = RetrievalClient::connect(format!("http://{}", server.1))
+    let extra = std::env::var("LOOKALIKE_BENCH_CONFIG").unwrap_or_default();
+    let server = Server::start(dir.path(), &manifest, &extra.replace("\\n", "\n"), "warn");
+    let mut client = RetrievalClient::connect(format!("http://{}", server.addr))
         .await
         .expect("connecting");
     one_at_a_time(&mut client, &imgs[..8]).await; // warm-up

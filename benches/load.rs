@@ -21,9 +21,8 @@
 //! from /metrics every 100 ms). Every phase is bounded in time and count.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,6 +31,10 @@ use lookalike::api::pb::{self, add_item::Content, add_response::Kind, retrieval_
 use lookalike::api::pb::{item_outcome::Status as Outcome, search_request::Query};
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
+
+#[path = "common/server.rs"]
+mod server;
+use server::Server;
 
 type Client = retrieval_client::RetrievalClient<Channel>;
 
@@ -67,54 +70,6 @@ fn export_default(dir: &Path) -> PathBuf {
     let path = dir.join("default.toml");
     manifest.write(&path).expect("writing the manifest");
     path
-}
-
-struct Server {
-    child: Child,
-    addr: String,
-    admin: String,
-}
-
-impl Server {
-    fn start(dir: &Path, manifest: &Path) -> Self {
-        let config = dir.join("serve.toml");
-        std::fs::write(&config, SERVER_CONFIG).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--model")
-            .arg(manifest)
-            .arg("--ort-dylib")
-            .arg(repo().join(lookalike::config::DEFAULT_ORT_DYLIB))
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting lookalike serve");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut admin = String::new();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the server exited before listening")
-                .unwrap();
-            if let Some(a) = line.strip_prefix("admin listening on ") {
-                admin = a.to_string();
-            }
-            if let Some(a) = line.strip_prefix("listening on ") {
-                break a.to_string();
-            }
-        };
-        Self { child, addr, admin }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -405,7 +360,14 @@ async fn phase(
     secs: u64,
 ) -> u64 {
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample(server.child.id(), server.admin.clone(), stop.clone());
+    let sampler = sample(
+        server.child.id(),
+        server
+            .admin
+            .clone()
+            .expect("SERVER_CONFIG sets admin_listen"),
+        stop.clone(),
+    );
     let tallies: Tallies = Arc::default();
     let until = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
@@ -500,7 +462,7 @@ async fn main() {
     let soak = std::env::var_os("LOAD_SOAK").is_some();
     let dir = tempfile::tempdir().unwrap();
     let manifest = export_default(dir.path());
-    let server = Server::start(dir.path(), &manifest);
+    let server = Server::start(dir.path(), &manifest, SERVER_CONFIG, "error");
     let mut client = Client::connect(format!("http://{}", server.addr))
         .await
         .expect("connecting")
