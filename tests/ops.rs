@@ -534,3 +534,86 @@ fn deployment_configs_are_valid_server_configs() {
         assert!(cfg.admin_listen.is_some(), "{}", f.display());
     }
 }
+
+#[tokio::test]
+async fn http_requests_are_counted_by_route_and_carry_request_ids() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        data.path(),
+        "admin_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n",
+    );
+    let admin = server.admin.clone().expect("admin port");
+    let http = server.http.clone().expect("http port");
+    let count = |s: &Scrape, route: &str, method: &str, status: &str| {
+        s.sum(
+            "lookalike_http_requests_total",
+            &[("route", route), ("method", method), ("status", status)],
+        )
+    };
+    let before = Scrape::take(&admin).await;
+    let stats = "/v1/galleries/{gallery}";
+    assert_eq!(count(&before, stats, "GET", "404"), 0.0);
+
+    // The client's id comes back; without one the server makes one up.
+    let (head, _) = http_request(
+        &http,
+        "GET /v1/galleries HTTP/1.1",
+        "x-request-id: trace-7\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.lines()
+            .any(|l| l.eq_ignore_ascii_case("x-request-id: trace-7")),
+        "{head}"
+    );
+    let (head, _) = http_request(&http, "GET /v1/galleries/nope HTTP/1.1", "").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let fresh = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .expect("a request id on the error too");
+    assert_eq!(fresh.len(), 32, "{fresh}");
+    assert!(fresh.chars().all(|c| c.is_ascii_hexdigit()), "{fresh}");
+    let (head, _) = http_request(&http, "GET /v1/galleries/other HTTP/1.1", "").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let (head, _) = http_request(&http, "GET /no/such/route HTTP/1.1", "").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+
+    let after = Scrape::take(&admin).await;
+    assert_eq!(count(&after, "/v1/galleries", "GET", "200"), 1.0);
+    // Labelled by the route's template, not the path the client sent.
+    assert_eq!(count(&after, stats, "GET", "404"), 2.0);
+    assert_eq!(count(&after, "unmatched", "other", "404"), 1.0);
+    assert_eq!(
+        after.sum(
+            "lookalike_http_requests_total",
+            &[("route", "/v1/galleries/nope")]
+        ),
+        0.0
+    );
+    let timed = after.sum(
+        "lookalike_http_request_duration_seconds_count",
+        &[("route", stats), ("method", "GET")],
+    );
+    assert_eq!(timed, 2.0);
+}
+
+/// One HTTP/1.1 request line plus extra header lines: (head, body).
+async fn http_request(addr: &str, line: &str, headers: &str) -> (String, String) {
+    let (addr, line, headers) = (addr.to_string(), line.to_string(), headers.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "{line}\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (head.to_string(), body.to_string())
+    })
+    .await
+    .unwrap()
+}

@@ -14,6 +14,8 @@ use axum::Router;
 use super::error::{self, ApiError};
 use super::{console, galleries, items, openapi, search, App};
 use crate::security::auth::ApiKeys;
+use crate::telemetry::metrics;
+use crate::telemetry::request_id::RequestIdLayer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -111,8 +113,9 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-/// The HTTP application: the routes behind the API-key check, the body
-/// limit, and JSON 404s.
+/// The HTTP application: the routes behind the API-key check, each
+/// counted under its route template, the body limit, JSON 404s, and a
+/// request id on every response (as gRPC's).
 pub fn router(app: App) -> Router {
     let mut by_path: BTreeMap<&'static str, MethodRouter<App>> = BTreeMap::new();
     for r in routes() {
@@ -123,6 +126,14 @@ pub fn router(app: App) -> Router {
                 authorise,
             )),
         };
+        // Outside the key check, so refused calls are counted too.
+        let h = h.route_layer(middleware::from_fn_with_state(
+            RouteLabel {
+                route: r.path,
+                method: r.method.clone(),
+            },
+            record,
+        ));
         let merged = match by_path.remove(r.path) {
             Some(m) => m.merge(h),
             None => h,
@@ -134,9 +145,45 @@ pub fn router(app: App) -> Router {
         router = router.route(path, h);
     }
     router
-        .fallback(error::not_found)
+        .fallback(unmatched)
         .layer(DefaultBodyLimit::max(app.max_body))
+        .layer(RequestIdLayer)
         .with_state(app)
+}
+
+/// A route's metric labels: its template, never the request's own path,
+/// so clients cannot grow the label set.
+#[derive(Clone)]
+struct RouteLabel {
+    route: &'static str,
+    method: Method,
+}
+
+/// Route label of requests that matched no route (or no method of one).
+pub const UNMATCHED: &str = "unmatched";
+
+async fn record(State(label): State<RouteLabel>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    observe(label.route, label.method.as_str(), &resp, started);
+    resp
+}
+
+async fn unmatched(req: Request) -> Response {
+    let started = std::time::Instant::now();
+    let resp = error::not_found(req.uri().clone()).await.into_response();
+    observe(UNMATCHED, "other", &resp, started);
+    resp
+}
+
+fn observe(route: &str, method: &str, resp: &Response, started: std::time::Instant) {
+    let m = metrics();
+    m.http_requests
+        .with_label_values(&[route, method, resp.status().as_str()])
+        .inc();
+    m.http_request_seconds
+        .with_label_values(&[route, method])
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// The API-key check both transports make (`ApiKeys::check_headers`).

@@ -17,6 +17,10 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Whole-call latency by service and method (streams: until the last message).
     pub request_seconds: HistogramVec,
+    /// HTTP/JSON requests by route template, method and status code.
+    pub http_requests: IntCounterVec,
+    /// HTTP/JSON latency by route template and method (until the response head).
+    pub http_request_seconds: HistogramVec,
     /// Per-stage latency: decode, preprocess, inference, search, post-processing stages.
     pub stage_seconds: HistogramVec,
     /// Images per inference batch, by backbone.
@@ -61,6 +65,18 @@ fn build() -> Result<Metrics, prometheus::Error> {
             HistogramOpts::new("grpc_request_duration_seconds", "gRPC call latency")
                 .buckets(latency_buckets()),
             &["service", "method"],
+        )?,
+        http_requests: IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP/JSON requests by route, method and status code",
+            ),
+            &["route", "method", "status"],
+        )?,
+        http_request_seconds: HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP/JSON request latency")
+                .buckets(latency_buckets()),
+            &["route", "method"],
         )?,
         stage_seconds: HistogramVec::new(
             HistogramOpts::new("stage_duration_seconds", "Time per pipeline stage")
@@ -127,6 +143,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let r = &m.registry;
     r.register(Box::new(m.requests.clone()))?;
     r.register(Box::new(m.request_seconds.clone()))?;
+    r.register(Box::new(m.http_requests.clone()))?;
+    r.register(Box::new(m.http_request_seconds.clone()))?;
     r.register(Box::new(m.stage_seconds.clone()))?;
     r.register(Box::new(m.batch_size.clone()))?;
     r.register(Box::new(m.queue_depth.clone()))?;
