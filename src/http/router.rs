@@ -159,7 +159,8 @@ struct RouteLabel {
     method: Method,
 }
 
-/// Route label of requests that matched no route (or no method of one).
+/// Route label of requests whose path matched no route (a wrong method on
+/// a known path is answered 405 by axum and not counted).
 pub const UNMATCHED: &str = "unmatched";
 
 async fn record(State(label): State<RouteLabel>, req: Request, next: Next) -> Response {
