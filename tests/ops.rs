@@ -22,25 +22,9 @@ const RETRIEVAL: &str = "lookalike.v1.Retrieval";
 
 /// GET over plain HTTP/1.1: (status code, body).
 async fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let (addr, path) = (addr.to_string(), path.to_string());
-    tokio::task::spawn_blocking(move || {
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
-    })
-    .await
-    .unwrap()
+    let (head, body) = http_request(addr, &format!("GET {path} HTTP/1.1"), "").await;
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body)
 }
 
 /// One scrape: (metric name, sorted labels) -> value.
