@@ -257,6 +257,57 @@ fn ctrl_c_checkpoints_the_step_reached_and_resume_continues_from_it() {
 }
 
 #[test]
+fn cgd_recipe_needs_balanced_batches_and_resumes_its_auxiliary_state_exactly() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let list = list_file(tmp.path());
+    let l = list.to_str().unwrap();
+    let (whole, parts) = (tmp.path().join("whole"), tmp.path().join("parts"));
+    let (w, p) = (whole.to_str().unwrap(), parts.to_str().unwrap());
+    let cgd = |run| {
+        let mut a = train_args(l, run, "3");
+        a.extend(["--loss", "cgd", "--no-export"]);
+        a
+    };
+    // Without class-balanced batches the triplet has no positives: refused, with the fix.
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(cgd(w))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--per-class 4"),
+        "{err}"
+    );
+    assert!(
+        !whole.exists(),
+        "a refused run leaves no run directory behind"
+    );
+
+    // 4 images of each of 2 classes per batch: a whole run, and one stopped at step 5
+    // and resumed; the auxiliary classifier (weights and batch-norm statistics) is in
+    // the checkpoint, so the resumed losses equal the uninterrupted ones.
+    let mut a = cgd(w);
+    a.extend(["--per-class", "4"]);
+    trainer(&a);
+    let mut b = cgd(p);
+    b.extend(["--per-class", "4", "--max-steps", "5"]);
+    assert!(trainer(&b).contains("stopped after 5 steps"));
+    let state = std::fs::read(parts.join("checkpoints/step-00000005/trainer.safetensors")).unwrap();
+    let keys = String::from_utf8_lossy(&state);
+    assert!(keys.contains("aux.fc.weight") && keys.contains("aux.bn.running_var"));
+    trainer(&["resume", p, "--no-export", "--no-progress"]);
+    let (x, y) = (step_losses(&whole), step_losses(&parts));
+    assert_eq!((x.len(), y.len()), (9, 9));
+    for (i, (p, q)) in x.iter().zip(&y).enumerate() {
+        assert!(
+            p.is_finite() && (p - q).abs() <= 1e-4 * p.abs().max(1.0),
+            "step {}: {p} vs {q}",
+            i + 1
+        );
+    }
+}
+
+#[test]
 fn the_server_binary_does_not_link_libtorch() {
     let out = Command::new("ldd")
         .arg(env!("CARGO_BIN_EXE_lookalike"))

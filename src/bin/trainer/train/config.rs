@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::train::augment::AugmentConfig;
+use crate::train::error::{Result, TrainError};
 use lookalike::model::Arch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -16,6 +17,10 @@ pub enum LossKind {
     Arcface,
     /// Cosine softmax, no margin: s cos.
     Softmax,
+    /// The CGD paper's recipe: batch-hard triplet on the descriptor (--triplet-margin)
+    /// plus an auxiliary classifier on the first branch's pooled features
+    /// (--label-smoothing, --temperature); needs --per-class.
+    Cgd,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -108,6 +113,18 @@ pub struct TrainConfig {
     /// Margin m (cosine for CosFace, radians for ArcFace).
     #[arg(long, default_value_t = 0.4)]
     pub margin: f64,
+    /// CGD recipe: margin of the batch-hard triplet loss.
+    #[arg(long, default_value_t = 0.1)]
+    #[serde(default = "defaults::triplet_margin")]
+    pub triplet_margin: f64,
+    /// CGD recipe: label smoothing of the auxiliary classification.
+    #[arg(long, default_value_t = 0.1)]
+    #[serde(default = "defaults::label_smoothing")]
+    pub label_smoothing: f64,
+    /// CGD recipe: the auxiliary classification's logits are divided by this.
+    #[arg(long, default_value_t = 0.5)]
+    #[serde(default = "defaults::temperature")]
+    pub temperature: f64,
     /// Keep batch-norm statistics frozen (affine parameters still train).
     #[arg(long)]
     pub freeze_bn: bool,
@@ -146,7 +163,50 @@ pub struct TrainConfig {
     pub augment: AugmentConfig,
 }
 
+/// Values for settings that configs saved by older trainers lack (the CLI defaults).
+mod defaults {
+    pub fn triplet_margin() -> f64 {
+        0.1
+    }
+    pub fn label_smoothing() -> f64 {
+        0.1
+    }
+    pub fn temperature() -> f64 {
+        0.5
+    }
+}
+
 impl TrainConfig {
+    /// Settings that cannot train, refused before a run directory is made.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::InvalidOption(m));
+        if self.batch_size < 2 {
+            return bad("batch size must be at least 2 (batch norm)".into());
+        }
+        if self.loss == LossKind::Cgd {
+            let per = self.per_class;
+            if per < 2 || self.batch_size / per < 2 {
+                return bad(format!(
+                    "the CGD recipe's batch-hard triplet needs class-balanced batches of at \
+                     least 2 classes with at least 2 images each: e.g. --per-class 4 with \
+                     --batch-size 32 (have --per-class {per}, --batch-size {})",
+                    self.batch_size
+                ));
+            }
+            let ok = self.triplet_margin >= 0.0
+                && (0.0..1.0).contains(&self.label_smoothing)
+                && self.temperature > 0.0;
+            if !ok {
+                return bad(format!(
+                    "CGD recipe: --triplet-margin must be >= 0, --label-smoothing in [0, 1), \
+                     --temperature > 0 (have {}, {}, {})",
+                    self.triplet_margin, self.label_smoothing, self.temperature
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn export_size(&self) -> usize {
         self.export_size.unwrap_or(self.input_size)
     }

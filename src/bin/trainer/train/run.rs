@@ -19,7 +19,7 @@ use crate::train::data::{split, Dataset, Split};
 use crate::train::error::{Result, TrainError};
 use crate::train::images::Images;
 use crate::train::loader::{epoch_batches, mix, Loader, LoaderSpec};
-use crate::train::loss::{MarginLoss, CLASS_WEIGHT_KEY};
+use crate::train::loss::Criterion;
 use crate::train::optim::{Group, Optimizer};
 use crate::train::params::{self, ModelVars};
 use crate::train::schedule::Schedule;
@@ -148,7 +148,7 @@ impl MetricsLog {
 
 struct State {
     model: ModelVars,
-    class_weight: Tensor,
+    criterion: Criterion,
     opt: Optimizer,
     progress: Progress,
 }
@@ -156,7 +156,9 @@ struct State {
 impl State {
     fn trainer_state(&self) -> Result<StateDict> {
         let mut s = StateDict::new();
-        s.insert(CLASS_WEIGHT_KEY.into(), to_host(&self.class_weight)?);
+        for (k, t) in &self.criterion.vars.tensors {
+            s.insert(k.clone(), to_host(t)?);
+        }
         for (prefix, map) in [("optim.m.", &self.opt.m), ("optim.v.", &self.opt.v)] {
             for (k, t) in map {
                 s.insert(format!("{prefix}{k}"), to_host(t)?);
@@ -177,8 +179,9 @@ impl State {
                 .get(k)
                 .ok_or_else(|| TrainError::Data(format!("checkpoint lacks {k}")))
         };
-        self.class_weight
-            .f_copy_(&from_host(get(CLASS_WEIGHT_KEY)?)?)?;
+        for (k, t) in self.criterion.vars.tensors.iter_mut() {
+            t.f_copy_(&from_host(get(k)?)?)?;
+        }
         for (prefix, map) in [("optim.m.", &mut self.opt.m), ("optim.v.", &mut self.opt.v)] {
             for (k, t) in map.iter_mut() {
                 t.f_copy_(&from_host(get(&format!("{prefix}{k}"))?)?)?;
@@ -205,17 +208,14 @@ pub fn train(cfg: Option<&TrainConfig>, run: &Path, limits: Limits) -> Result<Su
     let cfg = match (cfg, resume) {
         (_, true) => read_config(run)?,
         (Some(c), false) => {
+            c.validate()?;
             std::fs::create_dir_all(run).map_err(|e| TrainError::io(run, e))?;
             write_json(&run.join(CONFIG_FILE), c)?;
             c.clone()
         }
         (None, false) => return Err(run_err(run, "no run to resume (config.json missing)")),
     };
-    if cfg.batch_size < 2 {
-        return Err(TrainError::InvalidOption(
-            "batch size must be at least 2 (batch norm)".into(),
-        ));
-    }
+    cfg.validate()?;
     if cfg.threads > 0 {
         tch::set_num_threads(cfg.threads as i32);
     }
@@ -261,7 +261,7 @@ pub fn train(cfg: Option<&TrainConfig>, run: &Path, limits: Limits) -> Result<Su
             &json!({ "fresh": model.report.missing, "unused": model.report.unexpected }),
         )?;
     }
-    let class_weight = MarginLoss::init_weight(sp.train_classes, cfg.feature_dim)?;
+    let criterion = Criterion::new(&cfg, &head, cfg.arch.feature_channels(), sp.train_classes)?;
     let mut groups: Vec<Group> = model
         .trainable
         .iter()
@@ -272,16 +272,21 @@ pub fn train(cfg: Option<&TrainConfig>, run: &Path, limits: Limits) -> Result<Su
             lr_mult: if t.head { cfg.head_lr_mult } else { 1.0 },
         })
         .collect();
-    groups.push(Group {
-        key: CLASS_WEIGHT_KEY.into(),
-        tensor: class_weight.shallow_clone(),
-        decay: false,
-        lr_mult: cfg.head_lr_mult,
-    });
+    groups.extend(
+        criterion
+            .params()
+            .into_iter()
+            .map(|(key, tensor, decay, fast)| Group {
+                key,
+                tensor,
+                decay,
+                lr_mult: if fast { cfg.head_lr_mult } else { 1.0 },
+            }),
+    );
     let opt = Optimizer::new(cfg.optimizer, cfg.momentum, cfg.weight_decay, groups)?;
     let mut st = State {
         model,
-        class_weight,
+        criterion,
         opt,
         progress: Progress {
             step: 0,
@@ -347,11 +352,6 @@ pub fn train(cfg: Option<&TrainConfig>, run: &Path, limits: Limits) -> Result<Su
         warmup: ((cfg.warmup_epochs * steps_per_epoch as f64).round() as usize).min(total),
         total,
     };
-    let loss_fn = MarginLoss {
-        kind: cfg.loss,
-        scale: cfg.scale,
-        margin: cfg.margin,
-    };
     let target = Target {
         size: spec.input_size,
         mean: spec.mean,
@@ -408,10 +408,8 @@ pub fn train(cfg: Option<&TrainConfig>, run: &Path, limits: Limits) -> Result<Su
             let x = Tensor::f_from_slice(&batch.images)?.f_reshape([n, 3, s, s])?;
             let labels = Tensor::f_from_slice(&batch.labels)?;
             let mut ops = TchOps::new(&st.model.vars, mode);
-            let desc = forward(&mut ops, cfg.arch, &head, &TchTensor(x))?
-                .descriptor
-                .0;
-            let out = loss_fn.forward(&desc, &st.class_weight, &labels)?;
+            let fwd = forward(&mut ops, cfg.arch, &head, &TchTensor(x))?;
+            let out = st.criterion.forward(&fwd, &labels, mode)?;
             let loss = out.loss.f_double_value(&[])?;
             if !loss.is_finite() {
                 return Err(TrainError::Diverged { step, loss });
