@@ -42,6 +42,6 @@ async fn console_adds_searches_reranks_and_shows_errors_in_chromium() {
     );
     println!("{log}");
     assert!(run.status.success(), "browser test failed:\n{log}");
-    assert!(repo().join("target/browser-test/08-phone.png").exists());
+    assert!(repo().join("target/browser-test/09-phone.png").exists());
     server.stop().await;
 }

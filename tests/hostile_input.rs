@@ -214,3 +214,194 @@ async fn ids_and_metadata_with_control_characters_or_absurd_sizes() {
     assert_eq!(item.metadata["note\0"], "tab\tand\nnewline");
     assert_eq!(grpc::stats(&mut client, "g").await.count, 2);
 }
+
+/// Sends bytes as they are and hands back what comes, so a test can
+/// write protobuf no generated client would.
+#[derive(Clone, Copy)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = prost::bytes::Buf::remaining(src);
+        Ok(Some(prost::bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// `depth` start-group tags of an unknown field, never closed.
+fn nested_groups(depth: usize) -> Vec<u8> {
+    let mut key = Vec::new();
+    varint((99 << 3) | 3, &mut key);
+    key.repeat(depth)
+}
+
+/// A length-delimited field `field` holding `body`.
+fn len_field(field: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    varint((field << 3) | 2, &mut out);
+    varint(body.len() as u64, &mut out);
+    out.extend_from_slice(body);
+    out
+}
+
+/// Raw protobuf no client library would send, to the real server: nested
+/// past prost's recursion limit (at the top and inside a message field),
+/// a length past the end, and a message over `max_message_bytes`, by
+/// unary and streaming calls. Each gets a status naming the problem, and
+/// the server goes on serving.
+#[tokio::test]
+async fn raw_protobuf_nested_cut_short_or_oversized_gets_a_clear_status() {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start(
+        data.path(),
+        "max_message_bytes = 1000000\n[embed.limits]\nmax_bytes = 200000\n",
+    );
+    let mut client = server.client().await;
+    let dims = grpc::create_gallery(&mut client, "g").await;
+    let (_, end) = grpc::add_stream(
+        &mut client,
+        vec![grpc::descriptor_item("g", "a", grpc::unit_vector(1, dims))],
+    )
+    .await;
+    end.unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = tonic::client::Grpc::new(channel);
+    let path = |m: &str| {
+        http::uri::PathAndQuery::try_from(format!("/lookalike.v1.Retrieval/{m}")).unwrap()
+    };
+
+    let mut gallery_then_length_past_end = len_field(1, b"g");
+    varint(2 << 3 | 2, &mut gallery_then_length_past_end);
+    varint(1 << 31, &mut gallery_then_length_past_end);
+    gallery_then_length_past_end.extend_from_slice(b"short");
+    let cases: [(&str, Vec<u8>, tonic::Code, &str); 5] = [
+        (
+            "groups nested 100,000 deep",
+            nested_groups(100_000),
+            tonic::Code::InvalidArgument,
+            "recursion limit reached",
+        ),
+        (
+            "groups nested inside post_processing",
+            [len_field(1, b"g"), len_field(7, &nested_groups(10_000))].concat(),
+            tonic::Code::InvalidArgument,
+            "recursion limit reached",
+        ),
+        (
+            "an image length past the end",
+            gallery_then_length_past_end,
+            tonic::Code::InvalidArgument,
+            "buffer underflow",
+        ),
+        (
+            "a 2 MB image over the 1 MB message limit",
+            [len_field(1, b"g"), len_field(2, &vec![0xFF; 2 << 20])].concat(),
+            tonic::Code::ResourceExhausted,
+            "message length too large",
+        ),
+        (
+            "a 2 MB run of nested groups",
+            nested_groups(1 << 20),
+            tonic::Code::ResourceExhausted,
+            "message length too large",
+        ),
+    ];
+    for (what, bytes, code, says) in &cases {
+        raw.ready().await.unwrap();
+        let err = raw
+            .unary(tonic::Request::new(bytes.clone()), path("Search"), Raw)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), *code, "Search, {what}: {err:?}");
+        assert!(err.message().contains(says), "Search, {what}: {err:?}");
+        println!("Search, {what}: {:?} {}", err.code(), err.message());
+    }
+    // The streams read their requests the same way: AddToGallery's and
+    // SearchBatch's first message is the nested one.
+    for (method, bytes) in [
+        ("AddToGallery", nested_groups(100_000)),
+        (
+            "SearchBatch",
+            [len_field(1, b"g"), nested_groups(100_000)].concat(),
+        ),
+    ] {
+        raw.ready().await.unwrap();
+        let stream = tokio_stream::iter(vec![bytes]);
+        let err = match raw
+            .streaming(tonic::Request::new(stream), path(method), Raw)
+            .await
+        {
+            Ok(resp) => {
+                let mut s = resp.into_inner();
+                loop {
+                    match s.message().await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => panic!("{method}: the stream ended without an error"),
+                        Err(e) => break e,
+                    }
+                }
+            }
+            Err(e) => e,
+        };
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{method}: {err:?}"
+        );
+        assert!(
+            err.message().contains("recursion limit reached"),
+            "{method}: {err:?}"
+        );
+    }
+
+    // Still serving: the process is up and a search answers.
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server exited"
+    );
+    let hits = grpc::search_descriptor(&mut client, "g", grpc::unit_vector(1, dims), 1).await;
+    assert_eq!(hits[0].id, "a");
+    server.stop().await;
+}

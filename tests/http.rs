@@ -801,3 +801,131 @@ async fn a_dead_inference_worker_is_503_over_http() {
         "unavailable",
     );
 }
+
+/// `name`'s value in the admin port's Prometheus scrape (0 when absent).
+async fn metric(admin: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+const DECODES: &str = "lookalike_stage_duration_seconds_count{stage=\"decode\"}";
+
+/// Overload, deterministically: with one image admitted at a time, the
+/// images of one add request are prepared together and all but the first
+/// are refused at once (retry_later, not rejected). With an embedding held
+/// in the worker (a debug-build fault hook), an embed or an image search
+/// is refused with 429 and Retry-After, and served again once it is done.
+/// An added photo is decoded once, for its embedding and its thumbnail.
+#[tokio::test]
+async fn overload_is_retry_later_per_item_and_429_with_retry_after() {
+    let data = tempfile::tempdir().unwrap();
+    let hold = data.path().with_extension("hold");
+    let server = Server::start_with_env(
+        data.path(),
+        "http_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[embed]\nmax_in_flight = 1\n",
+        &[("LOOKALIKE_FAULT_WORKER_HOLD", hold.to_str().unwrap())],
+    );
+    let http = Http::new(&server);
+    let admin = server.admin.clone().unwrap();
+    let mut grpc = server.client().await;
+    assert_eq!(
+        http.post_json("/v1/galleries", json!({"gallery": "g"}))
+            .await
+            .0,
+        201
+    );
+    let rows = subset(&split("test.txt"), &CLASSES, 1);
+    let decodes = metric(&admin, DECODES).await;
+    let form = rows.iter().fold(Form::new(), |f, (path, _)| {
+        f.part("image", image_part(path))
+    });
+    let (s, added) = http.post_form("/v1/galleries/g/items", form).await;
+    assert_eq!(s, 200, "{added}");
+    let outcomes = added["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes[0]["status"], "added", "{added}");
+    for o in &outcomes[1..] {
+        assert_eq!(o["status"], "retry_later", "{added}");
+        assert_eq!(
+            o["reason"],
+            "the embedding queue is full (1 images in flight); retry later"
+        );
+    }
+    assert_eq!(added["summary"]["retry_later"], rows.len() - 1);
+    // One decode for the one photo admitted: its thumbnail came from it.
+    assert_eq!(metric(&admin, DECODES).await - decodes, 1.0);
+    let thumb = http
+        .client
+        .get(http.url(&format!(
+            "/v1/galleries/g/items/{}/thumbnail",
+            enc(&rows[0].0)
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(thumb.status(), 200);
+    let jpeg = thumb.bytes().await.unwrap();
+    assert!(image::load_from_memory(&jpeg).unwrap().width() > 0);
+
+    // Hold one embedding in the worker: the queue is full until released.
+    std::fs::write(&hold, b"").unwrap();
+    let photo = read_image(&rows[0].0);
+    let held = tokio::spawn({
+        let (client, url, photo) = (http.client.clone(), http.url("/v1/embed"), photo.clone());
+        async move { client.post(url).body(photo).send().await.unwrap().status() }
+    });
+    let t = std::time::Instant::now();
+    while metric(&admin, "lookalike_embed_queue_depth").await < 1.0 {
+        assert!(t.elapsed().as_secs() < 60, "the held embed never arrived");
+        tokio::task::yield_now().await;
+    }
+    let refused = metric(&admin, "lookalike_embed_admission_refusals_total").await;
+    let search = http
+        .client
+        .post(http.url("/v1/galleries/g/search"))
+        .header("content-type", "image/jpeg")
+        .body(photo.clone());
+    for req in [
+        http.client.post(http.url("/v1/embed")).body(photo.clone()),
+        search,
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        let body: Value = resp.json().await.unwrap();
+        let (code, message) = error(&body);
+        assert_eq!(code, "overloaded");
+        assert_eq!(body["error"]["retryable"], true);
+        assert_eq!(
+            message,
+            "the embedding queue is full (1 images in flight); retry later"
+        );
+    }
+    // gRPC says the same, as RESOURCE_EXHAUSTED.
+    let grpc_err = grpc
+        .embed(pb::EmbedRequest {
+            image: photo.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(grpc_err.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        grpc_err.message(),
+        "the embedding queue is full (1 images in flight); retry later"
+    );
+    assert_eq!(
+        metric(&admin, "lookalike_embed_admission_refusals_total").await - refused,
+        3.0
+    );
+    // Released: the held request is answered and new ones are served.
+    std::fs::remove_file(&hold).unwrap();
+    assert_eq!(held.await.unwrap(), 200);
+    assert_eq!(http.post_bytes("/v1/embed", photo).await.0, 200);
+    server.stop().await;
+}

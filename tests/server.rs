@@ -5,7 +5,9 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::grpc::{create_gallery, descriptor_item, image_item, unit_vector, wait_refreshed};
+use common::grpc::{
+    create_gallery, descriptor_item, image_item, search_descriptor, unit_vector, wait_refreshed,
+};
 use common::{read_image, split, subset, Server};
 use lookalike::api::pb::{
     self, add_item::Content, add_response::Kind, item_outcome::Status as Outcome,
@@ -715,20 +717,7 @@ async fn hostile_requests_get_a_clear_error_and_change_nothing() {
 
     // A finite descriptor whose squared norm overflows f32 keeps its direction.
     let huge: Vec<f32> = unit_vector(3, dims).iter().map(|v| v * 1e30).collect();
-    let hits = client
-        .search(pb::SearchRequest {
-            gallery: "h".into(),
-            query: Some(pb::search_request::Query::Descriptor(pb::Descriptor {
-                values: huge,
-                model_fingerprint: String::new(),
-            })),
-            top_k: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .hits;
+    let hits = search_descriptor(&mut client, "h", huge, 1).await;
     assert_eq!(hits[0].id, "item-3");
     assert!(hits[0].distance < 1e-3);
 

@@ -153,7 +153,7 @@ impl Batch {
     async fn read(&self, mut stream: Streaming<pb::SearchBatchRequest>) -> Result<Call, Status> {
         let mut call: Option<Call> = None;
         while let Some(msg) = stream.next().await {
-            let msg = msg?;
+            let msg = msg.map_err(super::status::request_error)?;
             let c = match &mut call {
                 Some(c) => c,
                 None => call.insert(Call {

@@ -9,7 +9,7 @@ use tonic::{Status, Streaming};
 
 use super::convert;
 use super::pb::{self, add_item::Content, add_response::Kind, item_outcome::Status as Outcome};
-use super::status::{is_message_too_large, too_large};
+use super::status::request_error;
 use crate::gallery::{Galleries, Gallery};
 use crate::query::add::{self, Pending};
 use crate::query::item::{self, Prepared, Preparer};
@@ -39,11 +39,7 @@ impl Ingest {
                 match item {
                     Ok(item) => items.push(item),
                     Err(status) => {
-                        stream_error = Some(if is_message_too_large(&status) {
-                            too_large(&status)
-                        } else {
-                            status
-                        });
+                        stream_error = Some(request_error(status));
                         break;
                     }
                 }

@@ -134,7 +134,7 @@ pub async fn bind(
         .layer(RequestIdLayer)
         .layer(MetricsLayer)
         .layer(AuthLayer::new(keys))
-        .layer(tower::util::MapResponseLayer::new(remap_too_large))
+        .layer(tower::util::MapResponseLayer::new(remap_request_errors))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service);
@@ -181,21 +181,22 @@ pub async fn bind(
     })
 }
 
-/// tonic answers an over-limit unary message with OUT_OF_RANGE in a
-/// trailers-only response; gRPC's convention is RESOURCE_EXHAUSTED.
-fn remap_too_large<B>(mut resp: http::Response<B>) -> http::Response<B> {
+/// tonic answers a unary request it cannot read in a trailers-only
+/// response: over the size limit with OUT_OF_RANGE (gRPC's convention is
+/// RESOURCE_EXHAUSTED), not valid protobuf with INTERNAL (the client's
+/// fault: INVALID_ARGUMENT). Streams map the same in `status::request_error`.
+fn remap_request_errors<B>(mut resp: http::Response<B>) -> http::Response<B> {
     let h = resp.headers_mut();
-    let too_large = h.get("grpc-status").is_some_and(|v| v == "11")
-        && h.get("grpc-message").is_some_and(|m| {
-            m.to_str()
-                .unwrap_or("")
-                .contains("message%20length%20too%20large")
-                || m.to_str()
-                    .unwrap_or("")
-                    .contains("message length too large")
-        });
-    if too_large {
-        h.insert("grpc-status", http::HeaderValue::from_static("8"));
-    }
+    let message = h
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .map(|m| m.replace("%20", " "))
+        .unwrap_or_default();
+    let code = match h.get("grpc-status").and_then(|v| v.to_str().ok()) {
+        Some("11") if message.contains("message length too large") => "8",
+        Some("13") if message.starts_with(super::status::UNDECODABLE) => "3",
+        _ => return resp,
+    };
+    h.insert("grpc-status", http::HeaderValue::from_static(code));
     resp
 }

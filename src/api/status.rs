@@ -39,3 +39,25 @@ pub fn too_large(status: &Status) -> Status {
         status.message()
     ))
 }
+
+/// prost's message for a request that is not valid protobuf.
+pub const UNDECODABLE: &str = "failed to decode Protobuf message";
+
+/// tonic reports a request that is not valid protobuf (cut short, a
+/// length past its end, groups nested past prost's recursion limit) as
+/// INTERNAL, gRPC core's code for it; but the fault is the client's, and
+/// INTERNAL reads as a server bug, so lookalike says INVALID_ARGUMENT.
+pub fn is_undecodable(status: &Status) -> bool {
+    status.code() == Code::Internal && status.message().starts_with(UNDECODABLE)
+}
+
+/// A status from reading a request stream, with the codes above.
+pub fn request_error(status: Status) -> Status {
+    if is_message_too_large(&status) {
+        too_large(&status)
+    } else if is_undecodable(&status) {
+        Status::invalid_argument(status.message())
+    } else {
+        status
+    }
+}

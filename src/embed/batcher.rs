@@ -131,7 +131,7 @@ impl Worker {
     fn run(self, mut session: Session, rx: Receiver<Job>) {
         let (size, opts) = (self.size, self.opts);
         let batch_sizes = metrics().batch_size.with_label_values(&[&self.backbone]);
-        let mut faults = fault::Countdown::from_env();
+        let mut faults = fault::Faults::from_env();
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             let deadline = Instant::now() + opts.max_wait;
@@ -174,26 +174,48 @@ impl Worker {
     }
 }
 
-/// Debug builds only: `LOOKALIKE_FAULT_WORKER_PANIC_AFTER=N` makes each
-/// inference worker panic on its batch after N, so tests can check what
-/// a dead worker does to health. Release builds ignore it.
+/// Fault injection for tests, debug builds only (release builds ignore
+/// these variables):
+/// - `LOOKALIKE_FAULT_WORKER_PANIC_AFTER=N` makes each inference worker
+///   panic on its batch after N, so tests can check what a dead worker
+///   does to health;
+/// - `LOOKALIKE_FAULT_WORKER_HOLD=PATH`: while the file PATH exists, each
+///   worker holds its batch before running it, so a test can keep images
+///   admitted (the queue full) for exactly as long as it needs.
 mod fault {
-    pub struct Countdown(Option<u64>);
+    use std::path::PathBuf;
+    use std::time::Duration;
 
-    impl Countdown {
+    pub struct Faults {
+        panic_after: Option<u64>,
+        hold: Option<PathBuf>,
+    }
+
+    fn var(name: &str) -> Option<String> {
+        cfg!(debug_assertions)
+            .then(|| std::env::var(name).ok())
+            .flatten()
+    }
+
+    impl Faults {
         pub fn from_env() -> Self {
-            let n = cfg!(debug_assertions)
-                .then(|| std::env::var("LOOKALIKE_FAULT_WORKER_PANIC_AFTER").ok())
-                .flatten()
-                .and_then(|v| v.parse().ok());
-            Self(n)
+            Self {
+                panic_after: var("LOOKALIKE_FAULT_WORKER_PANIC_AFTER").and_then(|v| v.parse().ok()),
+                hold: var("LOOKALIKE_FAULT_WORKER_HOLD").map(PathBuf::from),
+            }
         }
 
+        /// Before each batch.
         pub fn tick(&mut self) {
-            match &mut self.0 {
+            match &mut self.panic_after {
                 Some(0) => panic!("injected inference worker fault"),
                 Some(n) => *n -= 1,
                 None => {}
+            }
+            if let Some(path) = &self.hold {
+                while path.exists() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
         }
     }

@@ -13,6 +13,7 @@ pub mod runtime;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
@@ -208,9 +209,33 @@ impl Engine {
 
     /// Embeds one image: the L2-normalised ensemble descriptor.
     pub async fn embed(&self, bytes: Vec<u8>) -> Result<(Vec<f32>, EmbedTimings), EmbedError> {
+        let (descriptor, timings, _) = self.embed_inner(bytes, None::<fn(&RgbImage)>).await?;
+        Ok((descriptor, timings))
+    }
+
+    /// [`Engine::embed`], and `also` run on the decoded image (on the
+    /// blocking pool, while the models run): one decode serves both, e.g.
+    /// the embedding and the thumbnail of an added photo.
+    pub async fn embed_and<T: Send + 'static>(
+        &self,
+        bytes: Vec<u8>,
+        also: impl FnOnce(&RgbImage) -> T + Send + 'static,
+    ) -> Result<(Vec<f32>, EmbedTimings, T), EmbedError> {
+        let (descriptor, timings, out) = self.embed_inner(bytes, Some(also)).await?;
+        let out = out.ok_or_else(|| EmbedError::Runtime("image task gave nothing".into()))?;
+        Ok((descriptor, timings, out))
+    }
+
+    async fn embed_inner<T: Send + 'static>(
+        &self,
+        bytes: Vec<u8>,
+        also: Option<impl FnOnce(&RgbImage) -> T + Send + 'static>,
+    ) -> Result<(Vec<f32>, EmbedTimings, Option<T>), EmbedError> {
         if !*self.workers_ok.borrow() {
             return Err(EmbedError::WorkerDied);
         }
+        // Taken before the first await: of several images polled together
+        // (one add request), those past the limit are refused at once.
         let _permit = self
             .admission
             .permits
@@ -225,12 +250,12 @@ impl Engine {
         let limits = self.limits;
         // Stage spans (debug level) under the caller's request span.
         let request = tracing::Span::current();
-        let inputs = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<f32>>, EmbedError> {
-            let t = Instant::now();
+        // The decoded image outlives preprocessing only when `also` wants it.
+        let keep = also.is_some();
+        let (inputs, img) = tokio::task::spawn_blocking(move || -> Result<_, EmbedError> {
             let span = tracing::debug_span!(parent: &request, "decode").entered();
             let img = preprocess::decode(&bytes, &limits)?;
             drop(span);
-            metrics().observe_stage("decode", t.elapsed());
             let t = Instant::now();
             let _span = tracing::debug_span!(parent: &request, "preprocess").entered();
             let rows = specs
@@ -240,9 +265,9 @@ impl Engine {
                     preprocess::write_input(&img, s, &mut row)?;
                     Ok(row)
                 })
-                .collect();
+                .collect::<Result<Vec<Vec<f32>>, EmbedError>>()?;
             metrics().observe_stage("preprocess", t.elapsed());
-            rows
+            Ok((rows, keep.then_some(img)))
         })
         .await
         .map_err(|e| EmbedError::Runtime(format!("preprocessing task failed: {e}")))??;
@@ -254,6 +279,9 @@ impl Engine {
             member.batcher.submit(Job { input, reply })?;
             waits.push(rx);
         }
+        let also = also
+            .zip(img)
+            .map(|(f, img)| tokio::task::spawn_blocking(move || f(&img)));
         let mut parts = Vec::with_capacity(waits.len());
         for (member, rx) in self.members.iter().zip(waits) {
             let out = rx.await.map_err(|_| EmbedError::ShuttingDown)??;
@@ -273,7 +301,14 @@ impl Engine {
             decode: decoded - started,
             infer: decoded.elapsed(),
         };
-        Ok((descriptor, timings))
+        let also = match also {
+            Some(task) => Some(
+                task.await
+                    .map_err(|e| EmbedError::Runtime(format!("image task failed: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok((descriptor, timings, also))
     }
 
     /// Spec 1.4: per-model L2, concatenation, optional projection, L2.

@@ -4,6 +4,7 @@
 //! before any pixel is decoded, so a decompression bomb costs nothing.
 
 use std::io::Cursor;
+use std::time::Instant;
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -70,7 +71,15 @@ impl InputSpec {
 }
 
 /// Decodes (first frame for GIF), applies EXIF orientation, converts to RGB.
+/// Each image decoded is counted in the `decode` stage metric.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
+    let t = Instant::now();
+    let img = decode_uncounted(bytes, limits)?;
+    crate::telemetry::metrics().observe_stage("decode", t.elapsed());
+    Ok(img)
+}
+
+fn decode_uncounted(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }

@@ -4,7 +4,7 @@
 
 use super::checks::{self, Descriptor};
 use super::ServiceError;
-use crate::embed::{preprocess, Engine};
+use crate::embed::Engine;
 use crate::gallery::limits::MetadataLimits;
 use crate::gallery::{Gallery, Metadata, NewItem};
 use crate::store::thumbnail::{self, ThumbnailConfig};
@@ -57,8 +57,15 @@ impl Preparer {
             Some(Content::Image(bytes)) => {
                 checks::check_model(&self.engine, g)?;
                 if self.thumbnails.wanted(&metadata) {
-                    let v = self.engine.embed(bytes.clone()).await?.0;
-                    (v, self.thumbnail(bytes, id).await)
+                    // Made from the image decoded for the embedding.
+                    let cfg = self.thumbnails.clone();
+                    let (v, _, made) = self
+                        .engine
+                        .embed_and(bytes, move |img| thumbnail::make(img, &cfg))
+                        .await?;
+                    // A failure costs the item its thumbnail, not its place.
+                    let made = made.inspect_err(|e| tracing::warn!(id, error = %e, "no thumbnail"));
+                    (v, made.ok())
                 } else {
                     (self.engine.embed(bytes).await?.0, None)
                 }
@@ -76,28 +83,5 @@ impl Preparer {
             metadata,
         };
         Ok(Prepared { item, thumbnail })
-    }
-
-    /// The image decoded for embedding, so it decodes again here; a
-    /// failure costs the item its thumbnail, not its place.
-    async fn thumbnail(&self, bytes: Vec<u8>, id: &str) -> Option<Vec<u8>> {
-        let limits = *self.engine.limits();
-        let cfg = self.thumbnails.clone();
-        let made = tokio::task::spawn_blocking(move || {
-            let img = preprocess::decode(&bytes, &limits).map_err(|e| e.to_string())?;
-            thumbnail::make(&img, &cfg).map_err(|e| e.to_string())
-        })
-        .await;
-        match made {
-            Ok(Ok(jpeg)) => Some(jpeg),
-            Ok(Err(e)) => {
-                tracing::warn!(id, error = %e, "no thumbnail");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(id, error = %e, "thumbnail task failed");
-                None
-            }
-        }
     }
 }

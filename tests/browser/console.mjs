@@ -124,8 +124,28 @@ try {
     && document.querySelector("#stats").textContent.includes(`items${n}`), { id: gone, n: gallery.length - 1 });
   await step("07-removed");
 
+  // A folder through the folder control, with an id prefix: each id is
+  // the prefix and the file's path inside the folder.
+  const shelf = join(mkdtempSync(join(tmpdir(), "lookalike-folder-")), "shelf");
+  mkdirSync(shelf);
+  const extra = rows("test.txt").filter((r) => r.cls === 20).slice(5, 7);
+  assert.equal(extra.length, 2);
+  for (const r of extra) writeFileSync(join(shelf, basename(r.path)), readFileSync(join(grocery, r.path)));
+  await page.fill("#id-prefix", "store-1/");
+  await page.setInputFiles("#add-folder", shelf);
+  const want = extra.map((r) => `store-1/shelf/${basename(r.path)}`).sort();
+  await page.waitForFunction((n) => document.querySelectorAll("#outcomes li").length === n, want.length);
+  const folderOutcomes = await page.$$eval("#outcomes li", (ls) => ls.map((l) => [l.className, l.textContent.split(":")[0]]));
+  assert.deepEqual(folderOutcomes.map((o) => o[0]), ["added", "added"]);
+  assert.deepEqual(folderOutcomes.map((o) => o[1]).sort(), want);
+  const stored = await fetch(`${base}/v1/galleries/groc/items/${encodeURIComponent(want[0])}`);
+  assert.equal(stored.status, 200);
+  await page.waitForFunction((n) => document.querySelector("#stats").textContent.includes(`items${n}`), gallery.length + 1);
+  rmSync(join(shelf, ".."), { recursive: true, force: true });
+  await step("08-folder-with-prefix");
+
   await page.setViewportSize({ width: 390, height: 844 });
-  await step("08-phone");
+  await step("09-phone");
   assert.deepEqual(pageErrors, []);
   writeFileSync(join(out, "result.txt"), "ok\n");
 } catch (e) {

@@ -92,6 +92,29 @@ pub async fn stats(client: &mut Client, gallery: &str) -> pb::GalleryStatsRespon
         .into_inner()
 }
 
+/// The `top_k` hits of a plain search by descriptor.
+pub async fn search_descriptor(
+    client: &mut Client,
+    gallery: &str,
+    values: Vec<f32>,
+    top_k: u32,
+) -> Vec<pb::Hit> {
+    client
+        .search(pb::SearchRequest {
+            gallery: gallery.into(),
+            query: Some(pb::search_request::Query::Descriptor(pb::Descriptor {
+                values,
+                model_fingerprint: String::new(),
+            })),
+            top_k,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits
+}
+
 /// Every id ListItems returns, page by page.
 pub async fn list_all(client: &mut Client, gallery: &str) -> Vec<String> {
     let mut ids = Vec::new();

@@ -151,10 +151,12 @@ async function addFiles(files) {
   const bar = $("add-progress");
   Object.assign(bar, { max: files.length, value: 0, hidden: false });
   $("outcomes").replaceChildren();
+  // Item ids are the prefix and the file's path (inside a dropped folder).
+  const prefix = $("id-prefix").value.trim();
   const totals = { added: 0, replaced: 0, retry_later: 0, rejected: 0 };
   for (let i = 0; i < files.length; i += ADD_BATCH) {
     const form = new FormData();
-    for (const f of files.slice(i, i + ADD_BATCH)) form.append("image", f, f.webkitRelativePath || f.relativePath || f.name);
+    for (const f of files.slice(i, i + ADD_BATCH)) form.append("image", f, prefix + (f.webkitRelativePath || f.relativePath || f.name));
     let res;
     try { res = await api("POST", g() + "/items", form); } catch { break; }
     for (const o of res.outcomes) {

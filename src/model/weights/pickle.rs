@@ -53,6 +53,55 @@ impl Value {
     pub fn is_global(&self, module: &str, name: &str) -> bool {
         matches!(self, Value::Global { module: m, name: n } if m == module && n == name)
     }
+    /// Whether `f` holds for every value directly inside this one.
+    fn all_children(&self, mut f: impl FnMut(&Value) -> bool) -> bool {
+        match self {
+            Value::List(xs) | Value::Tuple(xs) => xs.iter().all(&mut f),
+            Value::Dict(kv) => kv.iter().all(|(k, v)| f(k) && f(v)),
+            Value::Call { func, args } => f(func) && args.iter().all(&mut f),
+            Value::PersId(v) => f(v),
+            _ => true,
+        }
+    }
+}
+
+/// Deepest nesting a pickle may build. torch state_dicts nest a few
+/// levels; a deeper value (a run of TUPLE1, say) would overflow the stack
+/// when dropped or printed.
+pub const MAX_DEPTH: usize = 100;
+
+/// Bytes the memo and DUP may copy in one pickle (the memo stores copies):
+/// copies of copies double, so a few hundred bytes could ask for terabytes.
+pub const COPY_BUDGET: usize = 64 << 20;
+
+/// Whether `v` nests at most `limit` levels (a leaf is one level).
+fn within_depth(v: &Value, limit: usize) -> bool {
+    limit > 0 && v.all_children(|c| within_depth(c, limit - 1))
+}
+
+/// Fails unless every value of `items` may be put inside another.
+fn nestable<'v>(items: impl IntoIterator<Item = &'v Value>) -> Result<()> {
+    if items.into_iter().all(|v| within_depth(v, MAX_DEPTH - 1)) {
+        Ok(())
+    } else {
+        err(format!("values nest deeper than {MAX_DEPTH} levels"))
+    }
+}
+
+/// Takes what copying `v` costs (about 64 bytes a value, plus its text)
+/// from `left`; false when that runs out.
+fn charge(v: &Value, left: &mut usize) -> bool {
+    let text = match v {
+        Value::Str(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+        Value::Global { module, name } => module.len() + name.len(),
+        _ => 0,
+    };
+    match left.checked_sub(64 + text) {
+        Some(l) => *left = l,
+        None => return false,
+    }
+    v.all_children(|c| charge(c, left))
 }
 
 fn err<T>(msg: impl Into<String>) -> Result<T> {
@@ -108,6 +157,17 @@ pub fn unpickle(buf: &[u8]) -> Result<(Value, usize)> {
     let mut stack: Vec<Value> = Vec::new();
     let mut marks: Vec<usize> = Vec::new();
     let mut memo: std::collections::HashMap<u64, Value> = Default::default();
+    let mut copy_budget = COPY_BUDGET;
+    // A copy of `v` for the memo or DUP, within the budget.
+    let mut copy = |v: &Value| -> Result<Value> {
+        if charge(v, &mut copy_budget) {
+            Ok(v.clone())
+        } else {
+            err(format!(
+                "the pickle copies more than {COPY_BUDGET} bytes of values through its memo"
+            ))
+        }
+    };
 
     fn pop(stack: &mut Vec<Value>) -> Result<Value> {
         stack.pop().map_or_else(|| err("stack underflow"), Ok)
@@ -125,6 +185,7 @@ pub fn unpickle(buf: &[u8]) -> Result<(Value, usize)> {
         stack.last_mut().map_or_else(|| err("stack underflow"), Ok)
     }
     fn dict_extend(target: &mut Value, items: Vec<Value>) -> Result<()> {
+        nestable(&items)?;
         let pairs = items.len() / 2;
         let mut it = items.into_iter();
         let kv: Vec<(Value, Value)> = (0..pairs)
@@ -232,14 +293,17 @@ pub fn unpickle(buf: &[u8]) -> Result<(Value, usize)> {
             }
             b'l' => {
                 let items = pop_mark(&mut stack, &mut marks)?;
+                nestable(&items)?;
                 stack.push(Value::List(items));
             }
             b't' => {
                 let items = pop_mark(&mut stack, &mut marks)?;
+                nestable(&items)?;
                 stack.push(Value::Tuple(items));
             }
             0x91 => {
                 let items = pop_mark(&mut stack, &mut marks)?;
+                nestable(&items)?;
                 stack.push(Value::List(items)); // FROZENSET
             }
             0x85..=0x87 => {
@@ -248,10 +312,12 @@ pub fn unpickle(buf: &[u8]) -> Result<(Value, usize)> {
                     return err("stack underflow in TUPLEn");
                 }
                 let items = stack.split_off(stack.len() - n);
+                nestable(&items)?;
                 stack.push(Value::Tuple(items));
             }
             b'a' => {
                 let v = pop(&mut stack)?;
+                nestable([&v])?;
                 match top(&mut stack)? {
                     Value::List(l) => l.push(v),
                     other => return err(format!("APPEND on {other:?}")),
@@ -259,6 +325,7 @@ pub fn unpickle(buf: &[u8]) -> Result<(Value, usize)> {
             }
             b'e' | 0x90 => {
                 let items = pop_mark(&mut stack, &mut marks)?;
+                nestable(&items)?;
                 match top(&mut stack)? {
                     Value::List(l) => l.extend(items),
                     other => return err(format!("APPENDS on {other:?}")),
@@ -295,6 +362,7 @@ pub fn unpickle(buf: &[u8]) -> Result<(Value, usize)> {
                     Value::Tuple(a) => a,
                     other => return err(format!("REDUCE args not a tuple: {other:?}")),
                 };
+                nestable(args.iter().chain([&func]))?;
                 stack.push(Value::Call {
                     func: Box::new(func),
                     args,
@@ -306,19 +374,20 @@ pub fn unpickle(buf: &[u8]) -> Result<(Value, usize)> {
             }
             b'Q' => {
                 let pid = pop(&mut stack)?;
+                nestable([&pid])?;
                 stack.push(Value::PersId(Box::new(pid)));
             }
             b'q' => {
                 let k = r.u8()? as u64;
-                memo.insert(k, top(&mut stack)?.clone());
+                memo.insert(k, copy(top(&mut stack)?)?);
             }
             b'r' => {
                 let k = u32::from_le_bytes(r.le()?) as u64;
-                memo.insert(k, top(&mut stack)?.clone());
+                memo.insert(k, copy(top(&mut stack)?)?);
             }
             0x94 => {
                 let k = memo.len() as u64;
-                memo.insert(k, top(&mut stack)?.clone());
+                memo.insert(k, copy(top(&mut stack)?)?);
             }
             b'h' | b'j' => {
                 let k = if op == b'h' {
@@ -327,7 +396,7 @@ pub fn unpickle(buf: &[u8]) -> Result<(Value, usize)> {
                     u32::from_le_bytes(r.le()?) as u64
                 };
                 match memo.get(&k) {
-                    Some(v) => stack.push(v.clone()),
+                    Some(v) => stack.push(copy(v)?),
                     None => return err(format!("memo key {k} unset")),
                 }
             }
@@ -335,7 +404,7 @@ pub fn unpickle(buf: &[u8]) -> Result<(Value, usize)> {
                 pop(&mut stack)?;
             }
             b'2' => {
-                let v = top(&mut stack)?.clone();
+                let v = copy(top(&mut stack)?)?;
                 stack.push(v);
             }
             other => {
@@ -376,6 +445,52 @@ mod tests {
                 (Value::Str("a".into()), Value::Int(-1)),
             ])
         );
+    }
+
+    /// Each a short pickle that would build a value nested deeper than the
+    /// stack allows (a repeated byte: a fuzzer's first move).
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let cases: [(&str, Vec<u8>); 4] = [
+            ("TUPLE1 run", [&b"N"[..], &[0x85; 200_000]].concat()),
+            ("BINPERSID run", [&b"N"[..], &b"Q".repeat(200_000)].concat()),
+            (
+                "MARK run, LIST run",
+                [b"(".repeat(100_000), b"l".repeat(100_000)].concat(),
+            ),
+            (
+                "APPEND of nested tuples",
+                [&b"]N"[..], &[0x85; 200_000], b"a"].concat(),
+            ),
+        ];
+        for (what, mut bytes) in cases {
+            bytes.push(b'.');
+            let e = unpickle(&bytes).unwrap_err().to_string();
+            assert!(e.contains("nest deeper than 100"), "{what}: {e}");
+        }
+        // Up to the limit is fine.
+        let mut ok = b"N".to_vec();
+        ok.extend([0x85; MAX_DEPTH - 1]);
+        ok.push(b'.');
+        assert!(unpickle(&ok).is_ok());
+    }
+
+    /// Copies of copies through the memo and DUP: a few bytes asking for
+    /// 2^40 values, refused once the copy budget is spent.
+    #[test]
+    fn memo_and_dup_doubling_is_an_error_not_a_memory_bomb() {
+        // EMPTY_LIST, then (DUP, APPEND) x 60: the list doubles each time.
+        let mut dup = b"]".to_vec();
+        dup.extend(b"2a".repeat(60));
+        dup.push(b'.');
+        // EMPTY_LIST, PUT 0, then (MARK, GET 0, GET 0, LIST, PUT 0) x 60.
+        let mut memo = b"]q\x00".to_vec();
+        memo.extend(b"(h\x00h\x00lq\x00".repeat(60));
+        memo.push(b'.');
+        for (what, bytes) in [("DUP", dup), ("memo", memo)] {
+            let e = unpickle(&bytes).unwrap_err().to_string();
+            assert!(e.contains("copies more than"), "{what}: {e}");
+        }
     }
 
     #[test]

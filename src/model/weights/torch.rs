@@ -221,24 +221,45 @@ fn walk(v: &Value, prefix: &str, out: &mut Vec<(String, TensorSpec)>) -> Result<
     Ok(())
 }
 
-/// Gathers a strided view into a dense row-major f32 tensor.
+/// Gathers a strided view into a dense row-major f32 tensor. Sizes,
+/// strides and offset come from the file: the arithmetic is checked, and a
+/// view may not hold more elements than its storage (no saved weight
+/// repeats elements with stride 0), so a small file cannot ask for a huge
+/// allocation.
 fn materialise(name: &str, spec: &TensorSpec, storage: &[u8]) -> Result<HostTensor> {
     let es = spec.dtype.size();
-    let numel: usize = spec.size.iter().product();
     if spec.size.len() != spec.stride.len() {
         return err(format!("{name}: size/stride rank differ"));
     }
-    let max_index = spec.offset
-        + spec
-            .size
-            .iter()
-            .zip(&spec.stride)
-            .map(|(s, st)| s.saturating_sub(1) * st)
-            .sum::<usize>();
-    if numel > 0 && (max_index + 1) * es > storage.len() {
+    let overflow = || {
+        ModelError::Torch(format!(
+            "{name}: size {:?}, stride {:?} and offset {} overflow",
+            spec.size, spec.stride, spec.offset
+        ))
+    };
+    let numel = spec
+        .size
+        .iter()
+        .try_fold(1usize, |n, &s| n.checked_mul(s))
+        .ok_or_else(overflow)?;
+    let max_index = spec
+        .size
+        .iter()
+        .zip(&spec.stride)
+        .try_fold(spec.offset, |at, (s, st)| {
+            at.checked_add(s.saturating_sub(1).checked_mul(*st)?)
+        })
+        .ok_or_else(overflow)?;
+    let stored = storage.len() / es;
+    if numel > 0 && max_index >= stored {
         return err(format!(
             "{name}: view exceeds its storage ({} bytes)",
             storage.len()
+        ));
+    }
+    if numel > stored {
+        return err(format!(
+            "{name}: {numel} elements from a storage of {stored}: views that repeat elements are not supported"
         ));
     }
     let mut data = Vec::with_capacity(numel);
@@ -345,8 +366,9 @@ fn load_legacy(buf: &[u8]) -> Result<BTreeMap<String, HostTensor>> {
             .ok()
             .and_then(|n| n.checked_mul(dtype.size()))
             .map_or_else(|| err(format!("bad element count {n}")), Ok)?;
-        let data = buf
-            .get(pos + 8..pos + 8 + bytes)
+        let data = (pos + 8)
+            .checked_add(bytes)
+            .and_then(|end| buf.get(pos + 8..end))
             .map_or_else(|| err(format!("storage {key} truncated")), Ok)?;
         storages.insert(key.to_string(), data);
         pos += 8 + bytes;
@@ -357,4 +379,57 @@ fn load_legacy(buf: &[u8]) -> Result<BTreeMap<String, HostTensor>> {
             .copied()
             .map_or_else(|| err(format!("storage {} missing", spec.storage)), Ok)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::weights::zip::write_stored;
+
+    /// A zip checkpoint holding one float tensor `w` over a 4-element
+    /// storage, viewed with this size and stride.
+    fn checkpoint(size: &[u64], stride: &[u64]) -> Vec<u8> {
+        let mut p = b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQK\x00".to_vec();
+        for dims in [size, stride] {
+            p.push(b'(');
+            for d in dims {
+                p.extend([0x8a, 8]); // LONG1, 8 bytes
+                p.extend(d.to_le_bytes());
+            }
+            p.push(b't');
+        }
+        p.extend(b"\x89ccollections\nOrderedDict\n)RtRs.");
+        let storage: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        write_stored(&[("archive/data.pkl", &p), ("archive/data/0", &storage)])
+    }
+
+    /// Sizes and strides are the file's: a product past usize and a
+    /// stride-0 view of 2^40 elements over 4 were a debug-build overflow
+    /// panic and an allocation of 4 TiB; now both are errors.
+    #[test]
+    fn absurd_sizes_and_strides_are_errors() {
+        let t = load_torch(&checkpoint(&[2, 2], &[1, 2])).unwrap();
+        assert_eq!(
+            t["w"].data,
+            [1.0, 3.0, 2.0, 4.0],
+            "the helper's pickle is valid"
+        );
+        let e = load_torch(&checkpoint(&[1 << 40, 1 << 40], &[1, 1]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overflow"), "{e}");
+        let e = load_torch(&checkpoint(&[5], &[1 << 62]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overflow"), "{e}");
+        let e = load_torch(&checkpoint(&[1 << 40], &[0]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("repeat elements"), "{e}");
+        let e = load_torch(&checkpoint(&[5], &[1])).unwrap_err().to_string();
+        assert!(e.contains("exceeds its storage"), "{e}");
+    }
 }

@@ -138,12 +138,13 @@ impl<'a> ZipArchive<'a> {
         }
         let start =
             lo + 30 + u16_at(self.buf, lo + 26)? as usize + u16_at(self.buf, lo + 28)? as usize;
-        self.buf
-            .get(start..start + entry.size as usize)
-            .map_or_else(
-                || err(format!("entry {} runs past end of file", entry.name)),
-                Ok,
-            )
+        let end = usize::try_from(entry.size)
+            .ok()
+            .and_then(|n| start.checked_add(n));
+        end.and_then(|end| self.buf.get(start..end)).map_or_else(
+            || err(format!("entry {} runs past end of file", entry.name)),
+            Ok,
+        )
     }
 
     pub fn find(&self, name: &str) -> Option<&ZipEntry> {
@@ -230,6 +231,26 @@ mod tests {
         assert_eq!(a.data(a.find("a/x").unwrap()).unwrap(), b"hello");
         assert_eq!(a.data(a.find("a/y").unwrap()).unwrap(), b"");
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    /// A zip64 size of 2^64 - 1 (found reading the code; a debug build
+    /// panicked on the overflow): an error, not a panic.
+    #[test]
+    fn entry_size_past_the_address_space_is_an_error() {
+        let mut z = write_stored(&[("a/data.pkl", b"xyz")]);
+        let cd = z.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+        let name_len = u16_at(&z, cd + 28).unwrap() as usize;
+        z[cd + 24..cd + 28].copy_from_slice(&[0xFF; 4]);
+        z[cd + 30..cd + 32].copy_from_slice(&12u16.to_le_bytes());
+        let mut extra = vec![1, 0, 8, 0];
+        extra.extend(u64::MAX.to_le_bytes());
+        let tail = z.split_off(cd + 46 + name_len);
+        z.extend(extra);
+        z.extend(tail);
+        let a = ZipArchive::parse(&z).unwrap();
+        assert_eq!(a.entries[0].size, u64::MAX);
+        let e = a.data(&a.entries[0]).err().unwrap().to_string();
+        assert!(e.contains("runs past end of file"), "{e}");
     }
 
     #[test]
