@@ -41,18 +41,18 @@ fn file_growth(thumbs: &[Vec<u8>]) -> (f64, f64) {
         store.create_gallery("g", &meta).unwrap();
         let before = std::fs::metadata(&path).unwrap().len();
         let ids: Vec<String> = (0..thumbs.len()).map(|i| format!("item-{i:05}")).collect();
-        let records: Vec<ItemRecord> = (0..thumbs.len())
-            .map(|i| ItemRecord {
-                seq: i as u64,
-                descriptor: vec![i as f32; 1280],
-                metadata: Default::default(),
-            })
-            .collect();
         // Batches of 32, as the services commit them.
         for start in (0..ids.len()).step_by(32) {
             let end = (start + 32).min(ids.len());
             let changes: Vec<Change> = (start..end)
-                .map(|i| Change::Put(&ids[i], &records[i]))
+                .map(|i| Change::Put {
+                    id: ids[i].clone(),
+                    record: ItemRecord {
+                        seq: i as u64,
+                        descriptor: vec![i as f32; 1280],
+                        metadata: Default::default(),
+                    },
+                })
                 .collect();
             let t: Vec<(&str, &[u8])> = if with {
                 (start..end)

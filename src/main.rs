@@ -234,6 +234,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     // After the last request: the next start reloads instead of recomputing.
-    tokio::task::spawn_blocking(move || galleries.save_all()).await?;
+    tokio::task::spawn_blocking(move || galleries.shutdown()).await?;
     Ok(())
 }

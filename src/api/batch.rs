@@ -16,7 +16,7 @@ use super::pb::{self, search_batch_response::Kind};
 use crate::embed::Engine;
 use crate::gallery::{Galleries, Gallery};
 use crate::query::admission::SearchAdmission;
-use crate::query::{checks::top_k, search::resolve};
+use crate::query::{checks::top_k, search::resolve, ServiceError};
 use crate::rerank::pipeline::{parse_stages, Pipeline};
 
 /// Queries embedded concurrently, so the batcher can batch them.
@@ -64,10 +64,11 @@ impl Batch {
         let pipeline = if call.options.digix {
             Pipeline::digix().with_top_n(top_k)
         } else {
-            let stages = parse_stages(&call.options.stages)
-                .map_err(|e| Status::invalid_argument(format!("options.stages: {e}")))?;
-            Pipeline::new(stages, top_k, call.options.dba_renormalise)
-                .map_err(|e| Status::invalid_argument(format!("options.stages: {e}")))?
+            let invalid = |e: crate::rerank::RerankError| {
+                Status::from(ServiceError::Invalid(format!("options.stages: {e}")))
+            };
+            let stages = parse_stages(&call.options.stages).map_err(invalid)?;
+            Pipeline::new(stages, top_k, call.options.dba_renormalise).map_err(invalid)?
         };
         let t = Instant::now();
         let queries = self.resolve(&call.gallery, &call.queries).await?;
@@ -100,13 +101,13 @@ impl Batch {
         crate::telemetry::observe_stages(&timings);
         let outputs = outputs.map_err(|e| match e {
             crate::rerank::RerankError::Empty { .. } => {
-                Status::failed_precondition(format!("gallery {:?} is empty", call.gallery.name()))
+                ServiceError::Precondition(format!("gallery {:?} is empty", call.gallery.name()))
             }
-            e => Status::invalid_argument(e.to_string()),
+            e => ServiceError::Invalid(e.to_string()),
         })?;
         let last = outputs
             .last()
-            .ok_or_else(|| Status::internal("no ranking"))?;
+            .ok_or_else(|| ServiceError::Internal("no ranking".into()))?;
         let mut out: Vec<pb::SearchBatchResponse> = call
             .queries
             .iter()
@@ -163,18 +164,18 @@ impl Batch {
                 }),
             };
             if c.queries.len() + msg.queries.len() > self.max_queries {
-                return Err(Status::invalid_argument(format!(
+                return Err(ServiceError::Invalid(format!(
                     "SearchBatch takes at most {} queries per call (max_batch_queries); split the call",
                     self.max_queries
-                )));
+                ))
+                .into());
             }
             c.queries.extend(msg.queries);
         }
-        let call = call.ok_or_else(|| Status::invalid_argument("the stream held no request"))?;
+        let invalid = |why: &str| Status::from(ServiceError::Invalid(why.into()));
+        let call = call.ok_or_else(|| invalid("the stream held no request"))?;
         if call.queries.is_empty() {
-            return Err(Status::invalid_argument(
-                "SearchBatch needs at least one query",
-            ));
+            return Err(invalid("SearchBatch needs at least one query"));
         }
         Ok(call)
     }
@@ -196,7 +197,7 @@ impl Batch {
         for (c, chunk) in queries.chunks(EMBED_CHUNK).enumerate() {
             let jobs = chunk.iter().map(|q| async move {
                 let query = convert::batch_query(q.query.clone())?;
-                Ok::<_, Status>(resolve(&self.engine, g, query).await?.0)
+                Ok::<_, ServiceError>(resolve(&self.engine, g, query).await?.0)
             });
             for (i, v) in futures::future::join_all(jobs)
                 .await
@@ -204,11 +205,9 @@ impl Batch {
                 .enumerate()
             {
                 let qi = c * EMBED_CHUNK + i;
-                let v = v.map_err(|s| {
-                    Status::new(
-                        s.code(),
-                        format!("{}: {}", name(qi, &queries[qi]), s.message()),
-                    )
+                let v = v.map_err(|e| ServiceError::InQuery {
+                    query: name(qi, &queries[qi]),
+                    source: Box::new(e),
                 })?;
                 rows.row_mut(qi).assign(&ArrayView1::from(&v[..]));
             }

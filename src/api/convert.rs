@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use tonic::Status;
-
 use super::pb;
 use crate::query::checks::Descriptor;
 use crate::query::plan::{KrOptions, PostOptions, QeOptions};
@@ -17,23 +15,23 @@ pub fn descriptor(d: pb::Descriptor) -> Descriptor {
     }
 }
 
-pub fn query(q: Option<pb::search_request::Query>) -> Result<Query, Status> {
+pub fn query(q: Option<pb::search_request::Query>) -> Result<Query, ServiceError> {
     use pb::search_request::Query as Q;
     match q {
         Some(Q::Image(b)) => Ok(Query::Image(b)),
         Some(Q::Descriptor(d)) => Ok(Query::Descriptor(descriptor(d))),
         Some(Q::ItemId(id)) => Ok(Query::ItemId(id)),
-        None => Err(ServiceError::Invalid(NO_QUERY.into()).into()),
+        None => Err(ServiceError::Invalid(NO_QUERY.into())),
     }
 }
 
-pub fn batch_query(q: Option<pb::batch_query::Query>) -> Result<Query, Status> {
+pub fn batch_query(q: Option<pb::batch_query::Query>) -> Result<Query, ServiceError> {
     use pb::batch_query::Query as Q;
     match q {
         Some(Q::Image(b)) => Ok(Query::Image(b)),
         Some(Q::Descriptor(d)) => Ok(Query::Descriptor(descriptor(d))),
         Some(Q::ItemId(id)) => Ok(Query::ItemId(id)),
-        None => Err(ServiceError::Invalid(NO_QUERY.into()).into()),
+        None => Err(ServiceError::Invalid(NO_QUERY.into())),
     }
 }
 

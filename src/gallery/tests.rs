@@ -1,5 +1,7 @@
 //! Online post-processing against the batch definitions.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ndarray::{Array2, ArrayView1};
@@ -7,6 +9,7 @@ use ndarray::{Array2, ArrayView1};
 use super::online::{self, Plan, QueryExpansion};
 use super::post::PostConfig;
 use super::*;
+use crate::index::HnswParams;
 use crate::rerank::dba::gallery_dba;
 use crate::rerank::kreciprocal::{k_reciprocal, GalleryNeighbours, KrParams};
 
@@ -317,14 +320,14 @@ fn a_saved_state_is_restored_and_writes_since_are_applied() {
         g.remove(&[item(5000).id]).unwrap();
         assert_eq!(gs.save_all(), 1);
         assert!(dir.path().join("index/g/state.bin").exists());
-        let next = g.state.read().next_point;
+        let next = g.state.read().next_point();
         next
     };
     // Restored, not recomputed: same generation, same graph.
     {
         let gs = Galleries::open(&db, graph_params(), manual()).unwrap();
         let g = gs.get("g").unwrap();
-        assert_eq!(g.state.read().next_point, next_point);
+        assert_eq!(g.state.read().next_point(), next_point);
         let s = g.stats();
         assert_eq!((s.stale_items, s.post_generation), (0, 2));
         assert!(s.index.built, "the saved graph was loaded");
@@ -558,4 +561,45 @@ fn items_added_after_a_fit_are_projected_and_a_refit_switches_the_space() {
         Err(SpaceChanged)
     ));
     assert_eq!(g.stats().projection_components, 6);
+}
+
+#[test]
+fn a_removed_newest_items_seq_is_not_reissued_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.redb");
+    let newest = {
+        let gs = Galleries::open(&db, HnswParams::default(), manual()).unwrap();
+        let g = gs.create("g", meta()).unwrap();
+        g.upsert((0..3).map(item).collect()).unwrap();
+        let newest = g.get(&item(2).id).unwrap().seq;
+        assert!(g.remove(&[item(2).id]).unwrap().is_empty());
+        newest
+    };
+    // Reopened from the store alone (no saved state).
+    let gs = Galleries::open(&db, HnswParams::default(), manual()).unwrap();
+    let g = gs.get("g").unwrap();
+    g.upsert(vec![item(3)]).unwrap();
+    let fresh = g.get(&item(3).id).unwrap().seq;
+    assert!(fresh > newest, "seq {fresh} reissued (newest was {newest})");
+}
+
+#[test]
+fn shutdown_joins_the_background_graph_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = PostConfig {
+        dba: false,
+        ..manual()
+    };
+    let gs = Galleries::open(&dir.path().join("db.redb"), graph_params(), raw).unwrap();
+    let g = gs.create("g", meta()).unwrap();
+    // Past the exact limit with raw vectors: the worker builds the graph.
+    g.upsert((0..300).map(item).collect()).unwrap();
+    let s = g.stats();
+    assert!(s.index.rebuilding || s.index.built);
+    assert_eq!(gs.shutdown(), 1);
+    let s = g.stats();
+    assert!(s.index.built && !s.index.rebuilding, "the build finished");
+    // Stopped: writes still work, and a build they start runs in place.
+    g.upsert((300..310).map(item).collect()).unwrap();
+    assert_eq!(g.stats().count, 310);
 }

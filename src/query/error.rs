@@ -115,6 +115,12 @@ pub enum ServiceError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Admission(#[from] AdmissionError),
+    /// One query of a batch call failed; `query` names it.
+    #[error("{query}: {source}")]
+    InQuery {
+        query: String,
+        source: Box<ServiceError>,
+    },
 }
 
 impl ServiceError {
@@ -153,6 +159,7 @@ impl ServiceError {
             ServiceError::Auth(AuthError::ReadOnly) => Kind::PermissionDenied,
             ServiceError::Auth(_) => Kind::Unauthenticated,
             ServiceError::Admission(_) => Kind::Overloaded,
+            ServiceError::InQuery { source, .. } => source.kind(),
         }
     }
 

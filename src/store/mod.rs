@@ -1,7 +1,14 @@
 //! Durable gallery storage in one redb file. The store is the source of
-//! truth: the ANN index is derived from it and rebuilt from it at start.
-//! Every write is one redb transaction with immediate durability, so a
-//! caller that saw `Ok` can acknowledge: kill -9 after that loses nothing.
+//! truth: the ANN index and the post-processing state are derived from it
+//! (saved at shutdown as a cache, `gallery::persist`, and recomputed from
+//! the store where that cache is missing or does not match). Every write
+//! is one redb transaction with immediate durability, so a caller that saw
+//! `Ok` can acknowledge: kill -9 after that loses nothing.
+//!
+//! Each gallery has a durable item sequence (`sequences`): the next seq
+//! to issue, advanced in the transaction that stores the item, so a seq
+//! is never issued twice, even after its item is removed and the server
+//! restarts. Stores written before that table existed get it on open.
 //!
 //! A failed write to the file (a full disk) latches redb: every later
 //! operation fails with `PreviousIo` until the database is reopened. The
@@ -21,6 +28,8 @@ use serde::{Deserialize, Serialize};
 pub use record::ItemRecord;
 
 const GALLERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("galleries");
+/// Gallery -> the next item seq to issue.
+const SEQUENCES: TableDefinition<&str, u64> = TableDefinition::new("sequences");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,6 +47,12 @@ pub enum StoreError {
     NoGallery(String),
     #[error("gallery {0:?} already exists")]
     GalleryExists(String),
+    #[error("item seq {seq} of gallery {gallery:?} was already issued (the next is {next}): a bug, nothing was written")]
+    SeqReused {
+        gallery: String,
+        seq: u64,
+        next: u64,
+    },
 }
 
 impl From<redb::Error> for StoreError {
@@ -96,10 +111,20 @@ pub struct GalleryMeta {
     pub dims: u32,
 }
 
-/// A change to one item inside a [`Store::write`] transaction.
-pub enum Change<'a> {
-    Put(&'a str, &'a ItemRecord),
-    Delete(&'a str),
+/// A change to one item inside a [`Store::write`] transaction. Owned, so
+/// that it can outlive the call (a write log can carry it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Put { id: String, record: ItemRecord },
+    Delete { id: String },
+}
+
+impl Change {
+    pub fn id(&self) -> &str {
+        match self {
+            Change::Put { id, .. } | Change::Delete { id } => id,
+        }
+    }
 }
 
 pub struct Store {
@@ -122,6 +147,35 @@ fn items_table(gallery: &str) -> String {
     format!("items/{gallery}")
 }
 
+/// Gives every gallery without a durable sequence one (stores written
+/// before the `sequences` table existed): above its highest stored seq,
+/// which is what those versions issued next.
+fn add_sequences(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut seqs = txn.open_table(SEQUENCES)?;
+    let names: Vec<String> = txn
+        .open_table(GALLERIES)?
+        .iter()?
+        .map(|e| e.map(|(name, _)| name.value().to_string()))
+        .collect::<Result<_, _>>()?;
+    for name in names {
+        if seqs.get(name.as_str())?.is_some() {
+            continue;
+        }
+        let def = items_table(&name);
+        let items = txn.open_table(TableDefinition::<&str, &[u8]>::new(&def))?;
+        let mut next = 0u64;
+        for entry in items.iter()? {
+            let (id, value) = entry?;
+            let record = ItemRecord::decode(value.value())
+                .map_err(|e| StoreError::Corrupt(format!("item {:?}: {e}", id.value())))?;
+            next = next.max(record.seq + 1);
+        }
+        seqs.insert(name.as_str(), next)?;
+        tracing::info!(gallery = %name, next, "durable item sequence added to the store");
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (or creates) the database file. redb repairs an unclean
     /// shutdown itself on open.
@@ -137,6 +191,7 @@ impl Store {
         let db = open_checked(path)?;
         let txn = db.begin_write()?;
         txn.open_table(GALLERIES)?;
+        add_sequences(&txn)?;
         txn.commit()?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -202,6 +257,7 @@ impl Store {
                 let json =
                     serde_json::to_vec(meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 table.insert(name, json.as_slice())?;
+                txn.open_table(SEQUENCES)?.insert(name, 0u64)?;
                 let def = items_table(name);
                 txn.open_table(TableDefinition::<&str, &[u8]>::new(&def))?;
             }
@@ -221,6 +277,7 @@ impl Store {
                 if table.remove(name)?.is_none() {
                     return Err(StoreError::NoGallery(name.to_string()));
                 }
+                txn.open_table(SEQUENCES)?.remove(name)?;
                 count = txn
                     .open_table(TableDefinition::<&str, &[u8]>::new(&def))?
                     .len()?;
@@ -255,17 +312,29 @@ impl Store {
         })
     }
 
+    /// The next item seq gallery `gallery` issues (none was issued at or
+    /// above it, removed items included).
+    pub fn next_seq(&self, gallery: &str) -> Result<u64, StoreError> {
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            let seq = txn.open_table(SEQUENCES)?.get(gallery)?.map(|v| v.value());
+            seq.ok_or_else(|| StoreError::NoGallery(gallery.to_string()))
+        })
+    }
+
     /// Applies all changes in one durable transaction. Returns, per change,
     /// whether the id existed before (replaced / removed).
-    pub fn write(&self, gallery: &str, changes: &[Change<'_>]) -> Result<Vec<bool>, StoreError> {
+    pub fn write(&self, gallery: &str, changes: &[Change]) -> Result<Vec<bool>, StoreError> {
         self.write_with(gallery, changes, &[])
     }
 
     /// `write`, storing `thumbs` (item id, JPEG) in the same transaction.
+    /// The gallery's sequence moves past every seq put, in that same
+    /// transaction; a seq below it is refused (`SeqReused`).
     pub fn write_with(
         &self,
         gallery: &str,
-        changes: &[Change<'_>],
+        changes: &[Change],
         thumbs: &[(&str, &[u8])],
     ) -> Result<Vec<bool>, StoreError> {
         self.with(|db| {
@@ -276,13 +345,31 @@ impl Store {
                 if txn.open_table(GALLERIES)?.get(gallery)?.is_none() {
                     return Err(StoreError::NoGallery(gallery.to_string()));
                 }
+                let mut seqs = txn.open_table(SEQUENCES)?;
+                let stored = seqs.get(gallery)?.map(|v| v.value());
+                let mut next = stored.ok_or_else(|| {
+                    StoreError::Corrupt(format!("gallery {gallery:?} has no item sequence"))
+                })?;
                 let mut table = txn.open_table(TableDefinition::<&str, &[u8]>::new(&def))?;
                 for change in changes {
                     let old = match change {
-                        Change::Put(id, record) => table.insert(*id, record.encode().as_slice())?,
-                        Change::Delete(id) => table.remove(*id)?,
+                        Change::Put { id, record } => {
+                            if record.seq < next {
+                                return Err(StoreError::SeqReused {
+                                    gallery: gallery.to_string(),
+                                    seq: record.seq,
+                                    next,
+                                });
+                            }
+                            next = record.seq + 1;
+                            table.insert(id.as_str(), record.encode().as_slice())?
+                        }
+                        Change::Delete { id } => table.remove(id.as_str())?,
                     };
                     existed.push(old.is_some());
+                }
+                if Some(next) != stored {
+                    seqs.insert(gallery, next)?;
                 }
             }
             thumbnail::apply(&txn, gallery, changes, thumbs)?;
@@ -311,6 +398,86 @@ mod tests {
         }
     }
 
+    fn put(id: &str, seq: u64) -> Change {
+        Change::Put {
+            id: id.into(),
+            record: rec(seq),
+        }
+    }
+
+    fn delete(id: &str) -> Change {
+        Change::Delete { id: id.into() }
+    }
+
+    #[test]
+    fn the_sequence_is_durable_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store.create_gallery("a", &meta()).unwrap();
+            assert_eq!(store.next_seq("a").unwrap(), 0);
+            store.write("a", &[put("x", 0), put("y", 1)]).unwrap();
+            // The newest item removed: its seq stays issued.
+            store.write("a", &[delete("y")]).unwrap();
+            assert!(matches!(
+                store.write("a", &[put("z", 1)]),
+                Err(StoreError::SeqReused {
+                    seq: 1,
+                    next: 2,
+                    ..
+                })
+            ));
+            assert_eq!(store.load_items("a").unwrap().len(), 1, "nothing written");
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.next_seq("a").unwrap(), 2);
+        // Dropped with its gallery; a new gallery of that name starts over.
+        store.drop_gallery("a").unwrap();
+        assert!(matches!(store.next_seq("a"), Err(StoreError::NoGallery(_))));
+        store.create_gallery("a", &meta()).unwrap();
+        assert_eq!(store.next_seq("a").unwrap(), 0);
+    }
+
+    /// A store written before the `sequences` table existed opens, each
+    /// gallery's sequence starting above its highest stored seq.
+    #[test]
+    fn a_store_without_sequences_gets_them_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        {
+            // What older versions wrote: galleries and items tables only.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut galleries = txn.open_table(GALLERIES).unwrap();
+                let json = serde_json::to_vec(&meta()).unwrap();
+                for name in ["a", "empty"] {
+                    galleries.insert(name, json.as_slice()).unwrap();
+                    let def = items_table(name);
+                    txn.open_table(TableDefinition::<&str, &[u8]>::new(&def))
+                        .unwrap();
+                }
+                let def = items_table("a");
+                let mut items = txn
+                    .open_table(TableDefinition::<&str, &[u8]>::new(&def))
+                    .unwrap();
+                for (id, seq) in [("x", 3u64), ("y", 7), ("z", 5)] {
+                    items.insert(id, rec(seq).encode().as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.next_seq("a").unwrap(), 8);
+        assert_eq!(store.next_seq("empty").unwrap(), 0);
+        assert_eq!(store.load_items("a").unwrap().len(), 3);
+        store.write("a", &[put("w", 8)]).unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.next_seq("a").unwrap(), 9, "kept, not recomputed");
+    }
+
     #[test]
     fn items_survive_reopen_and_galleries_are_isolated() {
         let dir = tempfile::tempdir().unwrap();
@@ -319,15 +486,8 @@ mod tests {
             let store = Store::open(&path).unwrap();
             store.create_gallery("a", &meta()).unwrap();
             store.create_gallery("b", &meta()).unwrap();
-            let r = rec(1);
-            assert_eq!(
-                store.write("a", &[Change::Put("x", &r)]).unwrap(),
-                vec![false]
-            );
-            assert_eq!(
-                store.write("a", &[Change::Put("x", &rec(2))]).unwrap(),
-                vec![true]
-            );
+            assert_eq!(store.write("a", &[put("x", 1)]).unwrap(), vec![false]);
+            assert_eq!(store.write("a", &[put("x", 2)]).unwrap(), vec![true]);
         }
         let store = Store::open(&path).unwrap();
         let a = store.load_items("a").unwrap();
@@ -347,10 +507,10 @@ mod tests {
             Err(StoreError::GalleryExists(_))
         ));
         assert!(matches!(
-            store.write("nope", &[Change::Delete("x")]),
+            store.write("nope", &[delete("x")]),
             Err(StoreError::NoGallery(_))
         ));
-        store.write("a", &[Change::Put("x", &rec(1))]).unwrap();
+        store.write("a", &[put("x", 1)]).unwrap();
         assert_eq!(store.drop_gallery("a").unwrap(), 1);
         assert!(matches!(
             store.load_items("a"),

@@ -14,9 +14,10 @@ const VERSION: u8 = 1;
 /// One gallery item as the store keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ItemRecord {
-    /// Insertion sequence number, unique within a gallery; the derived
-    /// state's key for the item (the ANN index keys points, not seqs: see
-    /// `index`). Re-adding an id gives it a new seq.
+    /// Insertion sequence number from the gallery's durable sequence
+    /// (`Store::next_seq`): never issued twice, even once its item is
+    /// removed. The derived state's key for the item (the ANN index keys
+    /// points, not seqs: see `index`). Re-adding an id gives it a new seq.
     pub seq: u64,
     pub descriptor: Vec<f32>,
     pub metadata: BTreeMap<String, String>,

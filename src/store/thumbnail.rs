@@ -100,14 +100,13 @@ fn table_name(gallery: &str) -> String {
 pub(super) fn apply(
     txn: &WriteTransaction,
     gallery: &str,
-    changes: &[Change<'_>],
+    changes: &[Change],
     thumbs: &[(&str, &[u8])],
 ) -> Result<(), StoreError> {
     let name = table_name(gallery);
     let mut table = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
     for change in changes {
-        let (Change::Put(id, _) | Change::Delete(id)) = change;
-        table.remove(*id)?;
+        table.remove(change.id())?;
     }
     for (id, jpeg) in thumbs {
         table.insert(*id, *jpeg)?;
@@ -144,12 +143,16 @@ mod tests {
     use super::*;
     use crate::store::{GalleryMeta, ItemRecord};
 
-    fn rec() -> ItemRecord {
-        ItemRecord {
-            seq: 1,
+    fn put(seq: u64) -> [Change; 1] {
+        let record = ItemRecord {
+            seq,
             descriptor: vec![1.0, 0.0],
             metadata: Default::default(),
-        }
+        };
+        [Change::Put {
+            id: "x".into(),
+            record,
+        }]
     }
 
     #[test]
@@ -173,17 +176,16 @@ mod tests {
         };
         store.create_gallery("g", &meta).unwrap();
         assert_eq!(store.thumbnail("g", "x").unwrap(), None);
-        let r = rec();
-        let put = [Change::Put("x", &r)];
-        store.write_with("g", &put, &[("x", b"jpeg1")]).unwrap();
+        store.write_with("g", &put(0), &[("x", b"jpeg1")]).unwrap();
         assert_eq!(store.thumbnail("g", "x").unwrap().unwrap(), b"jpeg1");
         // Replaced without a thumbnail (e.g. as a descriptor): the old one goes.
-        store.write("g", &put).unwrap();
+        store.write("g", &put(1)).unwrap();
         assert_eq!(store.thumbnail("g", "x").unwrap(), None);
-        store.write_with("g", &put, &[("x", b"jpeg2")]).unwrap();
-        store.write("g", &[Change::Delete("x")]).unwrap();
+        store.write_with("g", &put(2), &[("x", b"jpeg2")]).unwrap();
+        let delete = Change::Delete { id: "x".into() };
+        store.write("g", &[delete]).unwrap();
         assert_eq!(store.thumbnail("g", "x").unwrap(), None);
-        store.write_with("g", &put, &[("x", b"jpeg3")]).unwrap();
+        store.write_with("g", &put(3), &[("x", b"jpeg3")]).unwrap();
         store.drop_gallery("g").unwrap();
         store.create_gallery("g", &meta).unwrap();
         assert_eq!(
