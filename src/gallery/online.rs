@@ -151,7 +151,13 @@ fn attempt(
                 .filter_map(|h| g.get(&h.id).map(|e| into_space(&e.vector)))
                 .map(|v| v.map(Into::into))
                 .collect::<Result<_, _>>()?;
-            expand(q, &rows, qe.alpha)?
+            // The hits may all have been removed since the search (a concurrent
+            // RemoveFromGallery; seen in the soak): then there is nothing to expand with.
+            if rows.is_empty() {
+                None
+            } else {
+                expand(q, &rows, qe.alpha)?
+            }
         };
         timings.push(t.end());
         if let Some(q2) = expanded {
