@@ -76,7 +76,7 @@ fn param(t: Tensor) -> Result<Tensor> {
 
 impl Criterion {
     /// The objective `cfg` asks for, fresh (from torch's generator: seed it first).
-    /// `channels`: the backbone's feature channels; `dim`: the descriptor's length.
+    /// `channels`: the backbone's feature channels; `classes`: the training classes.
     pub fn new(
         cfg: &TrainConfig,
         head: &HeadConfig,
