@@ -27,6 +27,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+        // Feature `cuda`: keep libtorch_cuda (nothing references it by
+        // symbol; loading it is what registers CUDA), for the trainer only.
+        if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+            println!(
+                "cargo:rustc-link-arg-bin=trainer=-Wl,--no-as-needed,-ltorch_cuda,--as-needed"
+            );
+        }
     }
     Ok(())
 }

@@ -329,4 +329,39 @@ fn the_server_binary_does_not_link_libtorch() {
         "trainer without libtorch: {libs}"
     );
     assert!(!libs.contains("not found"), "{libs}");
+    // libtorch_cuda only where feature `cuda` asks for it (it registers CUDA).
+    assert_eq!(
+        libs.contains("libtorch_cuda.so =>"),
+        cfg!(feature = "cuda"),
+        "{libs}"
+    );
+}
+
+#[test]
+fn a_device_that_is_not_there_is_refused_before_a_run_starts() {
+    if tch::Cuda::is_available() {
+        return; // this machine has the GPU; nothing to refuse
+    }
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let list = list_file(tmp.path());
+    let run = tmp.path().join("run");
+    let mut args = train_args(list.to_str().unwrap(), run.to_str().unwrap(), "1");
+    args.extend(["--device", "cuda"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(&args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "trained on a device that is not there"
+    );
+    assert!(
+        err.contains("sees no CUDA device") && err.contains("--device cpu"),
+        "{err}"
+    );
+    assert!(
+        !run.exists(),
+        "a refused run leaves no run directory behind"
+    );
 }

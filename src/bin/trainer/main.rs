@@ -17,6 +17,7 @@ use lookalike::model::Arch;
 use crate::train::augment::{augment, AugmentConfig, Target};
 use crate::train::config::TrainConfig;
 use crate::train::data::Dataset;
+use crate::train::device::DeviceChoice;
 use crate::train::export::export_run;
 use crate::train::loader::{load_resized, mix};
 use crate::train::run::{input_spec, train, Limits};
@@ -46,6 +47,13 @@ struct RunLimits {
     /// decoded again from disk for each batch (slower, same run).
     #[arg(long, default_value_t = 4096)]
     cache_mb: usize,
+    /// Where to train: `cuda` needs a build with feature `cuda` and a GPU;
+    /// `auto` takes CUDA when libtorch sees it.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// On CUDA, train in FP32 instead of FP16 autocast with loss scaling.
+    #[arg(long)]
+    no_mixed_precision: bool,
 }
 
 #[derive(Subcommand)]
@@ -103,6 +111,8 @@ fn limits(l: &RunLimits) -> anyhow::Result<Limits> {
         progress_bar: !l.no_progress,
         stop: Some(stop_on_signals()?),
         cache_bytes: l.cache_mb.saturating_mul(1 << 20),
+        device: l.device,
+        mixed_precision: !l.no_mixed_precision,
     })
 }
 

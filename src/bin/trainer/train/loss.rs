@@ -82,8 +82,9 @@ impl Criterion {
         head: &HeadConfig,
         channels: usize,
         classes: usize,
+        device: tch::Device,
     ) -> Result<Self> {
-        let opts = (Kind::Float, tch::Device::Cpu);
+        let opts = (Kind::Float, device);
         let (c, k) = (channels as i64, classes as i64);
         let mut vars = TchVars::default();
         let objective = match cfg.loss {

@@ -6,6 +6,7 @@ pub mod chart;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod export;
 pub mod images;

@@ -56,9 +56,20 @@ impl Optimizer {
         })
     }
 
-    /// Global L2 norm of the gradients; scales them down to `max` when above it (0 = off).
-    pub fn clip_grad_norm(&mut self, max: f64) -> Result<f64> {
+    /// Divides the gradients by `loss_scale` (the factor the loss was multiplied by
+    /// before the backward pass; 1 without mixed precision), then returns their global
+    /// L2 norm and scales them down to `max` when above it (0 = off). A non-finite norm
+    /// (overflow) is returned without clipping.
+    pub fn clip_grad_norm(&mut self, max: f64, loss_scale: f64) -> Result<f64> {
         let _guard = tch::no_grad_guard();
+        if loss_scale != 1.0 {
+            for p in &self.params {
+                let mut g = p.tensor.grad();
+                if g.defined() {
+                    let _ = g.f_div_scalar_(loss_scale)?;
+                }
+            }
+        }
         let mut sq = 0.0;
         for p in &self.params {
             let g = p.tensor.grad();
@@ -83,6 +94,18 @@ impl Optimizer {
             }
         }
         Ok(norm)
+    }
+
+    /// Clears the gradients without a step (a step skipped for overflow).
+    pub fn zero_grad(&mut self) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        for p in &self.params {
+            let mut g = p.tensor.grad();
+            if g.defined() {
+                let _ = g.f_zero_()?;
+            }
+        }
+        Ok(())
     }
 
     /// One update with learning rate `lr` (times each group's multiplier); clears grads.

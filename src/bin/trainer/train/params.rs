@@ -35,10 +35,10 @@ fn is_skipped(key: &str) -> bool {
 }
 
 /// Fresh value for a key the checkpoint lacks: BN identity, Kaiming for weights.
-fn fresh(spec: &ParamSpec) -> Result<Tensor> {
+fn fresh(spec: &ParamSpec, device: tch::Device) -> Result<Tensor> {
     let shape: Vec<i64> = spec.shape.iter().map(|&d| d as i64).collect();
     let leaf = spec.key.rsplit('.').next().unwrap_or_default();
-    let opts = (Kind::Float, tch::Device::Cpu);
+    let opts = (Kind::Float, device);
     let t = match (leaf, shape.len()) {
         ("running_var", _) => Tensor::f_ones(&shape, opts)?,
         ("weight", 1) => Tensor::f_ones(&shape, opts)?,
@@ -54,12 +54,13 @@ fn fresh(spec: &ParamSpec) -> Result<Tensor> {
 }
 
 /// Variables for `arch` + `head`; `pretrained` fills the keys it has (its classifier is
-/// ignored). `frozen` key prefixes get no gradient.
+/// ignored). `frozen` key prefixes get no gradient. Every tensor lives on `device`.
 pub fn init(
     arch: Arch,
     head: &HeadConfig,
     pretrained: Option<StateDict>,
     frozen: &[String],
+    device: tch::Device,
 ) -> Result<ModelVars> {
     let specs = parameter_specs(arch, head, false)?;
     let mut weights = pretrained.map(|d| {
@@ -81,12 +82,12 @@ pub fn init(
                 let before = w.report().missing.len();
                 let host = w.get(&spec.key, &spec.shape);
                 if w.report().missing.len() > before {
-                    fresh(spec)?
+                    fresh(spec, device)?
                 } else {
-                    from_host(&host)?
+                    from_host(&host)?.f_to_device(device)?
                 }
             }
-            None => fresh(spec)?,
+            None => fresh(spec, device)?,
         };
         let is_param = spec.kind == ParamKind::Param;
         let learn = is_param && !frozen.iter().any(|p| spec.key.starts_with(p.as_str()));

@@ -16,6 +16,7 @@ use crate::train::augment::Target;
 use crate::train::checkpoint::{self, Progress, BEST};
 use crate::train::config::TrainConfig;
 use crate::train::data::{split, Dataset, Split};
+use crate::train::device::{self, DeviceChoice, LossScale};
 use crate::train::error::{Result, TrainError};
 use crate::train::images::Images;
 use crate::train::loader::{epoch_batches, mix, Loader, LoaderSpec};
@@ -49,6 +50,9 @@ pub struct Limits {
     pub stop: Option<Arc<AtomicBool>>,
     /// Memory for decoded training images; the rest are read again per batch.
     pub cache_bytes: usize,
+    pub device: DeviceChoice,
+    /// FP16 autocast with loss scaling where the device supports it (CUDA).
+    pub mixed_precision: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,7 +155,12 @@ struct State {
     criterion: Criterion,
     opt: Optimizer,
     progress: Progress,
+    /// With mixed precision on.
+    amp: Option<LossScale>,
 }
+
+const AMP_SCALE: &str = "amp.scale";
+const AMP_GOOD_STEPS: &str = "amp.good_steps";
 
 impl State {
     fn trainer_state(&self) -> Result<StateDict> {
@@ -168,6 +177,14 @@ impl State {
             "optim.t".into(),
             lookalike::model::tensor::HostTensor::scalar(self.opt.t as f32),
         );
+        if let Some(a) = &self.amp {
+            use lookalike::model::tensor::HostTensor;
+            s.insert(AMP_SCALE.into(), HostTensor::scalar(a.scale as f32));
+            s.insert(
+                AMP_GOOD_STEPS.into(),
+                HostTensor::scalar(a.good_steps as f32),
+            );
+        }
         Ok(s)
     }
 
@@ -188,6 +205,16 @@ impl State {
             }
         }
         self.opt.t = get("optim.t")?.data.first().copied().unwrap_or(0.0) as u64;
+        // A checkpoint written without mixed precision (e.g. on the CPU)
+        // starts the loss scale afresh.
+        if let (Some(a), Some(scale), Some(good)) = (
+            self.amp.as_mut(),
+            c.trainer.get(AMP_SCALE).and_then(|t| t.data.first()),
+            c.trainer.get(AMP_GOOD_STEPS).and_then(|t| t.data.first()),
+        ) {
+            a.scale = f64::from(*scale);
+            a.good_steps = *good as u64;
+        }
         self.progress = c.progress.clone();
         Ok(())
     }
@@ -204,6 +231,8 @@ impl State {
 
 /// Starts a run in `run` (which must not hold one yet) or resumes the one there.
 pub fn train(cfg: Option<&TrainConfig>, run: &Path, limits: Limits) -> Result<Summary> {
+    // Before anything is written: a device that is not there leaves no run behind.
+    let device = device::resolve(limits.device)?;
     let resume = run.join(CONFIG_FILE).exists();
     let cfg = match (cfg, resume) {
         (_, true) => read_config(run)?,
@@ -216,6 +245,8 @@ pub fn train(cfg: Option<&TrainConfig>, run: &Path, limits: Limits) -> Result<Su
         (None, false) => return Err(run_err(run, "no run to resume (config.json missing)")),
     };
     cfg.validate()?;
+    let amp = device::mixed_precision(device, limits.mixed_precision);
+    tracing::info!(?device, mixed_precision = amp.is_some(), "training device");
     if cfg.threads > 0 {
         tch::set_num_threads(cfg.threads as i32);
     }
@@ -245,7 +276,7 @@ pub fn train(cfg: Option<&TrainConfig>, run: &Path, limits: Limits) -> Result<Su
     }
     // Fresh head and class-centre values come from torch's generator: seed it first.
     tch::manual_seed(mix(&[cfg.seed, 0]) as i64 & i64::MAX);
-    let model = params::init(cfg.arch, &head, pretrained(&cfg)?, &cfg.freeze)?;
+    let model = params::init(cfg.arch, &head, pretrained(&cfg)?, &cfg.freeze, device)?;
     let r = &model.report;
     tracing::info!(
         fresh = r.missing.len(),
@@ -261,7 +292,8 @@ pub fn train(cfg: Option<&TrainConfig>, run: &Path, limits: Limits) -> Result<Su
             &json!({ "fresh": model.report.missing, "unused": model.report.unexpected }),
         )?;
     }
-    let criterion = Criterion::new(&cfg, &head, cfg.arch.feature_channels(), sp.train_classes)?;
+    let channels = cfg.arch.feature_channels();
+    let criterion = Criterion::new(&cfg, &head, channels, sp.train_classes, device)?;
     let mut groups: Vec<Group> = model
         .trainable
         .iter()
@@ -297,6 +329,7 @@ pub fn train(cfg: Option<&TrainConfig>, run: &Path, limits: Limits) -> Result<Su
             best_score: None,
             best_step: None,
         },
+        amp,
     };
     if resume {
         if let Some(dir) = checkpoint::list(run)?.pop() {
@@ -405,19 +438,33 @@ pub fn train(cfg: Option<&TrainConfig>, run: &Path, limits: Limits) -> Result<Su
             let n = batch.labels.len() as i64;
             let s = target.size as i64;
             tch::manual_seed(mix(&[cfg.seed, step as u64, 2]) as i64 & i64::MAX);
-            let x = Tensor::f_from_slice(&batch.images)?.f_reshape([n, 3, s, s])?;
-            let labels = Tensor::f_from_slice(&batch.labels)?;
+            let x = Tensor::f_from_slice(&batch.images)?
+                .f_reshape([n, 3, s, s])?
+                .f_to_device(device)?;
+            let labels = Tensor::f_from_slice(&batch.labels)?.f_to_device(device)?;
             let mut ops = TchOps::new(&st.model.vars, mode);
-            let fwd = forward(&mut ops, cfg.arch, &head, &TchTensor(x))?;
-            let out = st.criterion.forward(&fwd, &labels, mode)?;
+            let criterion = &st.criterion;
+            let out = tch::autocast(st.amp.is_some(), || -> Result<_> {
+                let fwd = forward(&mut ops, cfg.arch, &head, &TchTensor(x))?;
+                criterion.forward(&fwd, &labels, mode)
+            })?;
             let loss = out.loss.f_double_value(&[])?;
             if !loss.is_finite() {
                 return Err(TrainError::Diverged { step, loss });
             }
-            out.loss.f_backward()?;
-            let grad_norm = st.opt.clip_grad_norm(cfg.clip_grad)?;
+            let scale = st.amp.as_ref().map_or(1.0, |a| a.scale);
+            match &st.amp {
+                Some(_) => out.loss.f_mul_scalar(scale)?.f_backward()?,
+                None => out.loss.f_backward()?,
+            }
+            let grad_norm = st.opt.clip_grad_norm(cfg.clip_grad, scale)?;
             let lr = schedule.lr(step);
-            st.opt.step(lr)?;
+            // With loss scaling, a step whose gradients overflowed is skipped.
+            if st.amp.as_mut().is_none_or(|a| a.update(grad_norm)) {
+                st.opt.step(lr)?;
+            } else {
+                st.opt.zero_grad()?;
+            }
             st.progress.step = step + 1;
             st.progress.step_in_epoch = step + 1 - epoch * steps_per_epoch;
             st.progress.lr = lr;
@@ -482,7 +529,14 @@ pub fn train(cfg: Option<&TrainConfig>, run: &Path, limits: Limits) -> Result<Su
         let validate = !val.is_empty()
             && (finished || (cfg.val_every > 0 && (epoch + 1).is_multiple_of(cfg.val_every)));
         if validate {
-            let desc = embed(&st.model.vars, cfg.arch, &head, &val, cfg.batch_size)?;
+            let desc = embed(
+                &st.model.vars,
+                cfg.arch,
+                &head,
+                &val,
+                cfg.batch_size,
+                device,
+            )?;
             let m = leave_one_out(&desc, &val.labels)?;
             tracing::info!(
                 epoch,

@@ -54,13 +54,15 @@ impl ValSet {
     }
 }
 
-/// Descriptors [n, D] of the whole set, in eval mode, `batch` images at a time.
+/// Descriptors [n, D] of the whole set, in eval mode, `batch` images at a time on
+/// `device`; on the CPU.
 pub fn embed(
     vars: &TchVars,
     arch: Arch,
     head: &HeadConfig,
     set: &ValSet,
     batch: usize,
+    device: tch::Device,
 ) -> Result<Tensor> {
     let _guard = tch::no_grad_guard();
     let s = set.size as i64;
@@ -68,9 +70,15 @@ pub fn embed(
     let mut outs = Vec::new();
     for chunk in set.inputs.chunks(per * batch.max(1)) {
         let n = (chunk.len() / per) as i64;
-        let x = Tensor::f_from_slice(chunk)?.f_reshape([n, 3, s, s])?;
+        let x = Tensor::f_from_slice(chunk)?
+            .f_reshape([n, 3, s, s])?
+            .f_to_device(device)?;
         let mut ops = TchOps::new(vars, Mode::eval());
-        outs.push(forward(&mut ops, arch, head, &TchTensor(x))?.descriptor.0);
+        let d = forward(&mut ops, arch, head, &TchTensor(x))?.descriptor.0;
+        outs.push(
+            d.f_to_kind(tch::Kind::Float)?
+                .f_to_device(tch::Device::Cpu)?,
+        );
     }
     Ok(Tensor::f_cat(&outs, 0)?)
 }
