@@ -9,6 +9,11 @@ alternate with the Rust side. Prints one JSON object.
     pip install -r benches/requirements-speed.txt
     python benches/ann_faiss.py build VECTORS.bin INDEX M EF_CONSTRUCTION
     python benches/ann_faiss.py query VECTORS.bin INDEX K EF,EF,...
+    python benches/ann_faiss.py flat VECTORS.bin - K,K,... THREADS
+
+`flat` is the exact-search reference of `cargo bench --bench scan`:
+IndexFlatIP (the f32 scan) one query at a time on THREADS threads, with
+recall against the file's exact neighbours (ties aside, 1.0).
 """
 import json
 import sys
@@ -32,9 +37,29 @@ def load(path):
     return items, queries, truth
 
 
+def one_at_a_time(index, queries, truth, k):
+    """Each query's search time, and recall@k against `truth` (q x k)."""
+    times, found = [], 0
+    for qi in range(len(queries)):
+        x = queries[qi : qi + 1]
+        t = time.perf_counter()
+        _, ids = index.search(x, k)
+        times.append(time.perf_counter() - t)
+        found += len(set(ids[0].tolist()) & set(truth[qi].tolist()))
+    return {"seconds": times, "recall": found / truth.size}
+
+
 def main():
     mode, path, index_path = sys.argv[1], sys.argv[2], sys.argv[3]
     items, queries, truth = load(path)
+    if mode == "flat":
+        ks, threads = [int(k) for k in sys.argv[4].split(",")], int(sys.argv[5])
+        faiss.omp_set_num_threads(threads)
+        index = faiss.IndexFlatIP(items.shape[1])
+        index.add(np.ascontiguousarray(items))
+        rows = [dict(k=k, **one_at_a_time(index, queries, truth[:, :k], k)) for k in ks]
+        print(json.dumps({"rows": rows}))
+        return
     if mode == "build":
         m, ef_construction = int(sys.argv[4]), int(sys.argv[5])
         index = faiss.IndexHNSWFlat(items.shape[1], m, faiss.METRIC_INNER_PRODUCT)
@@ -53,14 +78,7 @@ def main():
     rows = []
     for ef in efs:
         index.hnsw.efSearch = ef
-        times, found = [], 0
-        for qi in range(len(queries)):
-            x = queries[qi : qi + 1]
-            t = time.perf_counter()
-            _, ids = index.search(x, k)
-            times.append(time.perf_counter() - t)
-            found += len(set(ids[0].tolist()) & set(truth[qi].tolist()))
-        rows.append({"ef": ef, "seconds": times, "recall": found / truth.size})
+        rows.append(dict(ef=ef, **one_at_a_time(index, queries, truth, k)))
     print(json.dumps({"rows": rows}))
 
 

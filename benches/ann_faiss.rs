@@ -11,13 +11,12 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{clustered, percentile, random_unit, DIMS};
+use common::{clustered, millis, percentile, random_unit, run_reference, write_vectors, DIMS};
 use lookalike::index::calibrate::calibrate;
 use lookalike::index::{exact, AnnIndex, HnswParams, Vector};
 use rand::SeedableRng;
@@ -78,7 +77,7 @@ fn main() {
 
     let dir = tempfile::tempdir().expect("a temp dir");
     let file = dir.path().join("vectors.bin");
-    write_vectors(&file, &vectors, &queries, &truth);
+    write_vectors(&file, &vectors, &queries, DIMS, &truth);
     let faiss = Faiss::build(&file, &dir.path().join("faiss.index"), &params);
 
     // What a gallery's calibration would pick on this graph (index.target_recall).
@@ -171,26 +170,6 @@ fn search_ours(index: &AnnIndex, queries: &[Vec<f32>], truth: &[Vec<u64>]) -> Ro
         .collect()
 }
 
-/// The layout benches/ann_faiss.py reads: n, q, d, k as u32, the items,
-/// the queries (f32), the exact neighbours (u32 row numbers), all LE.
-fn write_vectors(path: &Path, items: &[Vec<f32>], queries: &[Vec<f32>], truth: &[Vec<u64>]) {
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).expect("the vector file"));
-    for x in [items.len(), queries.len(), DIMS, K] {
-        out.write_all(&(x as u32).to_le_bytes()).unwrap();
-    }
-    for v in items.iter().chain(queries) {
-        for x in v {
-            out.write_all(&x.to_le_bytes()).unwrap();
-        }
-    }
-    for row in truth {
-        for id in row {
-            out.write_all(&(*id as u32).to_le_bytes()).unwrap();
-        }
-    }
-    out.flush().unwrap();
-}
-
 /// benches/ann_faiss.py: its index built once, searched per round.
 struct Faiss {
     py: String,
@@ -225,13 +204,7 @@ impl Faiss {
             .expect("rows")
             .iter()
             .map(|r| {
-                let ms: Vec<f64> = r["seconds"]
-                    .as_array()
-                    .expect("seconds")
-                    .iter()
-                    .filter_map(|s| s.as_f64())
-                    .map(|s| s * 1e3)
-                    .collect();
+                let ms = millis(&r["seconds"]);
                 let ef = r["ef"].as_u64().expect("ef") as usize;
                 (ef, ms, r["recall"].as_f64().expect("recall"))
             })
@@ -240,19 +213,13 @@ impl Faiss {
 
     fn run(&self, args: &[&str]) -> serde_json::Value {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/ann_faiss.py");
-        let out = Command::new(&self.py)
-            .arg(script)
-            .arg(args[0])
-            .arg(&self.file)
-            .arg(&self.index)
-            .args(&args[1..])
-            .output()
-            .expect("running the faiss reference");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("its JSON")
+        run_reference(
+            Command::new(&self.py)
+                .arg(script)
+                .arg(args[0])
+                .arg(&self.file)
+                .arg(&self.index)
+                .args(&args[1..]),
+        )
     }
 }

@@ -74,3 +74,58 @@ pub fn gallery_sizes() -> Vec<usize> {
         sizes
     }
 }
+
+/// The layout benches/ann_faiss.py reads: n, q, d, k as u32, the items,
+/// the queries (f32), the exact neighbours (u32 row numbers), all LE.
+pub fn write_vectors(
+    path: &std::path::Path,
+    items: &[impl AsRef<[f32]>],
+    queries: &[Vec<f32>],
+    dims: usize,
+    truth: &[Vec<u64>],
+) {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).expect("the vector file"));
+    let k = truth.first().map_or(0, Vec::len);
+    for x in [items.len(), queries.len(), dims, k] {
+        out.write_all(&(x as u32).to_le_bytes()).unwrap();
+    }
+    for v in items
+        .iter()
+        .map(AsRef::as_ref)
+        .chain(queries.iter().map(Vec::as_slice))
+    {
+        for x in v {
+            out.write_all(&x.to_le_bytes()).unwrap();
+        }
+    }
+    for row in truth {
+        for id in row {
+            out.write_all(&(*id as u32).to_le_bytes()).unwrap();
+        }
+    }
+    out.flush().unwrap();
+}
+
+/// A reference script's per-query `seconds` array, in milliseconds.
+pub fn millis(seconds: &serde_json::Value) -> Vec<f64> {
+    seconds
+        .as_array()
+        .expect("seconds")
+        .iter()
+        .filter_map(|s| s.as_f64())
+        .map(|s| s * 1e3)
+        .collect()
+}
+
+/// Runs a Python reference script and returns the JSON it prints; its
+/// stderr is the panic message when it fails.
+pub fn run_reference(cmd: &mut std::process::Command) -> serde_json::Value {
+    let out = cmd.output().expect("running the Python reference");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("its JSON")
+}

@@ -262,6 +262,9 @@ impl Gallery {
         for (seq, point, v) in updates {
             state.repoint(seq, point, v);
         }
+        if new_space {
+            state.compact_scan();
+        }
         if let Some(built) = built {
             self.index.install_graph(built);
         }

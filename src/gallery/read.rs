@@ -1,7 +1,5 @@
 //! Reads: items by id or page, nearest-neighbour search, statistics.
 
-use crate::index::exact;
-
 use super::{
     same_space, Entry, Gallery, GalleryError, GalleryStats, Hit, SearchParams, SpaceChanged,
 };
@@ -59,11 +57,10 @@ impl Gallery {
             });
         // Small galleries, exact requests, and a graph still being built.
         let raw = from_graph.unwrap_or_else(|| {
-            let cands = state
-                .entries()
-                .filter(|e| matches(e))
-                .map(|e| (e.seq, &e.indexed[..]));
-            exact::top_k(q, cands, wanted)
+            let accept = |seq: u64| state.by_seq(seq).is_some_and(|(_, e)| matches(e));
+            let filter: Option<&(dyn Fn(u64) -> bool + Sync)> =
+                (!p.filter.is_empty()).then_some(&accept);
+            state.flat().top_k(q, wanted, filter)
         });
         Ok(raw
             .into_iter()

@@ -2,6 +2,9 @@
 //! derived from it (seq -> id, index point -> seq), changed only through
 //! `insert`, `remove` and `repoint`, so the three always agree.
 //!
+//! The indexed vectors are also kept in `flat`, the exact scan's
+//! contiguous int8 matrix, updated by the same three methods.
+//!
 //! It also counts the changes applied (`writes`) and remembers how many
 //! of them the published post-processing snapshot covers (`covered`): the
 //! difference is what GalleryStats reports as stale.
@@ -12,6 +15,7 @@ use std::sync::Arc;
 use super::post::Snapshot;
 use super::projection::Projection;
 use super::Entry;
+use crate::index::flat::FlatRows;
 use crate::index::Vector;
 
 /// The point of an item that has none yet (only while opening).
@@ -23,6 +27,8 @@ pub(super) struct State {
     by_seq: HashMap<u64, String>,
     /// Live index point -> item seq.
     by_point: HashMap<u64, u64>,
+    /// Every live item's indexed vector, by seq, for the exact scan.
+    flat: FlatRows,
     /// The next item seq to issue; loaded from the store, which keeps it
     /// durably (a removed item's seq is never issued again).
     next_seq: u64,
@@ -51,6 +57,7 @@ impl State {
             e.point = NO_POINT;
             state.next_seq = state.next_seq.max(e.seq + 1);
             state.by_seq.insert(e.seq, id.clone());
+            state.flat.put(e.seq, e.indexed.clone());
             state.items.insert(id, e);
         }
         state
@@ -90,6 +97,7 @@ impl State {
                 e.point = point;
                 if let Some(dba) = &snap.dba {
                     e.indexed = dba.row(row).to_vec().into();
+                    self.flat.put(seq, e.indexed.clone());
                 }
                 self.by_point.insert(point, seq);
             }
@@ -162,8 +170,10 @@ impl State {
         if let Some(old) = &old {
             self.by_seq.remove(&old.seq);
             self.by_point.remove(&old.point);
+            self.flat.remove(old.seq);
         }
         self.by_seq.insert(e.seq, id.clone());
+        self.flat.put(e.seq, e.indexed.clone());
         self.by_point.insert(e.point, e.seq);
         self.items.insert(id, e);
         old
@@ -174,6 +184,7 @@ impl State {
         self.writes += 1;
         self.by_seq.remove(&old.seq);
         self.by_point.remove(&old.point);
+        self.flat.remove(old.seq);
         Some(old)
     }
 
@@ -186,6 +197,7 @@ impl State {
         if let Some(e) = self.items.get_mut(id) {
             self.by_point.remove(&e.point);
             e.point = point;
+            self.flat.put(seq, v.clone());
             e.indexed = v;
             self.by_point.insert(point, seq);
         }
@@ -224,6 +236,17 @@ impl State {
 
     pub fn len(&self) -> usize {
         self.items.len()
+    }
+
+    /// The exact scan over the indexed vectors.
+    pub fn flat(&self) -> &FlatRows {
+        &self.flat
+    }
+
+    /// After the indexed vectors moved to another space: the scan's codes
+    /// cover only what the new rows need (a projection's components).
+    pub fn compact_scan(&mut self) {
+        self.flat.compact();
     }
 
     /// Live (point, indexed vector) pairs: what a graph build takes;
@@ -283,12 +306,15 @@ mod tests {
         s.repoint(5, q, vec![0.0, 1.0].into());
         assert!(s.seq_at(p).is_none());
         assert_eq!(s.at_point(q).map(|e| e.indexed[1]), Some(1.0));
+        let scan = s.flat().top_k(&[0.0, 1.0], 2, None);
+        assert_eq!(scan, vec![(5, 0.0)], "the scan sees the repointed vector");
         s.repoint(99, 77, vec![0.0, 1.0].into());
         assert!(s.seq_at(77).is_none(), "a seq no longer live is skipped");
 
         assert!(s.remove("a").is_some());
         assert!(s.remove("a").is_none());
         assert!(s.by_seq(5).is_none() && s.seq_at(q).is_none());
+        assert!(s.flat().is_empty());
         assert_eq!((s.len(), s.stale()), (0, 2), "a replace and a remove");
         assert_eq!(s.next_seq(), 6, "a removed item's seq is not reissued");
     }

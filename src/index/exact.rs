@@ -29,6 +29,16 @@ pub fn top_k<'a>(
     candidates: impl Iterator<Item = (u64, &'a [f32])>,
     k: usize,
 ) -> Vec<(u64, f32)> {
+    euclidean(nearest(query, candidates, k))
+}
+
+/// `top_k` in cosine distance, as (distance, seq) pairs, nearest first:
+/// the order every exact path ranks by (parts merged by it rank as one).
+pub fn nearest<'a>(
+    query: &[f32],
+    candidates: impl Iterator<Item = (u64, &'a [f32])>,
+    k: usize,
+) -> Vec<(f32, u64)> {
     if k == 0 {
         return Vec::new();
     }
@@ -46,8 +56,21 @@ pub fn top_k<'a>(
     }
     let mut out: Vec<_> = heap.into_vec();
     out.sort();
-    out.into_iter()
-        .map(|Scored(d, s)| (s, euclidean_from_cosine(d)))
+    out.into_iter().map(|Scored(d, s)| (d, s)).collect()
+}
+
+/// The k nearest of several `nearest` answers (each over its own rows).
+pub fn merge(parts: impl IntoIterator<Item = Vec<(f32, u64)>>, k: usize) -> Vec<(f32, u64)> {
+    let mut all: Vec<(f32, u64)> = parts.into_iter().flatten().collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    all.truncate(k);
+    all
+}
+
+/// (seq, Euclidean distance) from (cosine distance, seq).
+pub fn euclidean(hits: Vec<(f32, u64)>) -> Vec<(u64, f32)> {
+    hits.into_iter()
+        .map(|(d, s)| (s, euclidean_from_cosine(d)))
         .collect()
 }
 

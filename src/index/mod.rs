@@ -20,6 +20,7 @@
 pub mod calibrate;
 pub mod distance;
 pub mod exact;
+pub mod flat;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
