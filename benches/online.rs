@@ -2,7 +2,10 @@
 //! keeping the gallery-side state current, on synthetic clustered 512-d
 //! descriptors.
 //!
-//!     cargo bench --bench online -- [N ...] [dims=D]   (default: 10000 100000, 512-d)
+//!     cargo bench --bench online -- [N ...] [dims=D] [projection=P]
+//!
+//! (default: 10000 100000, 512-d, no projection; `projection=P`: the
+//! gallery-fitted projection to P components, plain PCA)
 //!
 //! For each gallery size: the first (full) refresh, incremental refreshes
 //! after small write bursts, p50/p99 per stage of `online::search` for
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant};
 use common::{clustered_d, gallery_sizes, percentile, DIMS};
 use lookalike::gallery::online::{self, Plan, QueryExpansion};
 use lookalike::gallery::post::PostConfig;
+use lookalike::gallery::projection::ProjectionConfig;
 use lookalike::gallery::{Galleries, Metadata, NewItem};
 use lookalike::index::HnswParams;
 use lookalike::rerank::kreciprocal::KrParams;
@@ -39,15 +43,21 @@ fn main() -> anyhow::Result<()> {
     let dims: usize = std::env::args()
         .find_map(|a| a.strip_prefix("dims=").and_then(|d| d.parse().ok()))
         .unwrap_or(DIMS);
+    let components: Option<usize> =
+        std::env::args().find_map(|a| a.strip_prefix("projection=").and_then(|d| d.parse().ok()));
     let params = HnswParams::default();
     let post = PostConfig {
         // Refreshes are run by hand here, to time them.
         debounce: Duration::from_secs(3600),
+        projection: components.map(|components| ProjectionConfig {
+            components,
+            beta: 0.0,
+        }),
         ..PostConfig::default()
     };
     println!(
-        "dims {dims}, {QUERIES} queries, DBA k {}, neighbours k {}, exact limit {}",
-        post.dba_k, post.neighbours_k, params.exact_limit
+        "dims {dims}, {QUERIES} queries, DBA k {}, neighbours k {}, exact limit {}, projection {:?}",
+        post.dba_k, post.neighbours_k, params.exact_limit, components
     );
     for n in sizes {
         let dir = tempfile::tempdir()?;

@@ -135,38 +135,30 @@ fn attempt(
         space: space.as_ref(),
     };
     let t = Stage::start("search");
-    let first_k = plan.qe.map_or(want, |qe| qe.k.max(want));
+    // With query expansion the first search only finds the qe.k rows to
+    // expand with (the shortlist comes from the second): a smaller k makes
+    // the exact scan's re-scoring pass cheaper.
+    let first_k = plan.qe.map_or(want, |qe| qe.k);
     let mut hits = g.search(q, &params(first_k))?;
     timings.push(t.end());
 
     let mut query = q.to_vec();
     if let Some(qe) = plan.qe {
         let t = Stage::start("query_expansion");
-        let k = qe.k.min(hits.len());
-        let expanded = if k == 0 {
-            None
-        } else {
-            let rows: Vec<crate::index::Vector> = hits[..k]
-                .iter()
-                .filter_map(|h| g.get(&h.id).map(|e| into_space(&e.vector)))
-                .map(|v| v.map(Into::into))
-                .collect::<Result<_, _>>()?;
-            // The hits may all have been removed since the search (a concurrent
-            // RemoveFromGallery; seen in the soak): then there is nothing to expand with.
-            if rows.is_empty() {
-                None
-            } else {
-                expand(q, &rows, qe.alpha)?
-            }
-        };
+        let expanded = expand_from_hits(g, q, &hits, qe, &into_space)?;
         timings.push(t.end());
-        if let Some(q2) = expanded {
-            stages.push(if qe.alpha > 0.0 { "alpha_qe" } else { "aqe" });
-            let t = Stage::start("search_expanded");
-            hits = g.search(&q2, &params(want))?;
-            timings.push(t.end());
-            query = q2;
+        let t = Stage::start("search_expanded");
+        match expanded {
+            Some(q2) => {
+                stages.push(if qe.alpha > 0.0 { "alpha_qe" } else { "aqe" });
+                hits = g.search(&q2, &params(want))?;
+                query = q2;
+            }
+            // Nothing to expand with: the shortlist of the query itself.
+            None if first_k < want => hits = g.search(q, &params(want))?,
+            None => {}
         }
+        timings.push(t.end());
     }
     hits.truncate(want);
 
@@ -218,6 +210,32 @@ fn attempt(
         timings,
         stages,
     })
+}
+
+/// Maps a stored vector into the request's space (the projection, if any).
+pub(super) type IntoSpace<'a> = dyn Fn(&[f32]) -> Result<Vec<f32>, RerankError> + 'a;
+
+/// The expanded query from the top `qe.k` hits' stored vectors (in the
+/// request's space), or None when there is nothing to expand with: no hits,
+/// or every hit removed since the search (a concurrent RemoveFromGallery;
+/// the soak found this as an INTERNAL 'aqe k >= 1').
+pub(super) fn expand_from_hits(
+    g: &Gallery,
+    q: &[f32],
+    hits: &[Hit],
+    qe: QueryExpansion,
+    into_space: &IntoSpace<'_>,
+) -> Result<Option<Vec<f32>>, RerankError> {
+    let k = qe.k.min(hits.len());
+    let rows: Vec<crate::index::Vector> = hits[..k]
+        .iter()
+        .filter_map(|h| g.get(&h.id).map(|e| into_space(&e.vector)))
+        .map(|v| v.map(Into::into))
+        .collect::<Result<_, _>>()?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    expand(q, &rows, qe.alpha)
 }
 
 /// One timed stage, with a tracing span (debug level, like the embed

@@ -289,6 +289,56 @@ fn query_expansion_then_kr_ranks_the_shortlist() {
     );
 }
 
+#[test]
+fn query_expansion_over_hits_removed_since_the_search_is_skipped_not_an_error() {
+    // The soak's race, made deterministic: the search answers, then every
+    // hit is removed before the expansion reads their vectors.
+    let dir = tempfile::tempdir().unwrap();
+    let g = open(dir.path(), manual());
+    g.upsert((0..10).map(item).collect()).unwrap();
+    let q = item(3).vector;
+    let params = SearchParams {
+        k: 5,
+        ef: 64,
+        exact: true,
+        filter: &Metadata::new(),
+        exclude: None,
+        space: None,
+    };
+    let hits = g.search(&q, &params).unwrap();
+    assert_eq!(hits.len(), 5);
+    let qe = QueryExpansion { k: 3, alpha: 0.0 };
+    let same = |v: &[f32]| Ok(v.to_vec());
+    let live = online::expand_from_hits(&g, &q, &hits, qe, &same).unwrap();
+    assert!(live.is_some(), "live hits expand the query");
+    let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
+    assert!(g.remove(&ids).unwrap().is_empty(), "all five were there");
+    let gone = online::expand_from_hits(&g, &q, &hits, qe, &same).unwrap();
+    assert_eq!(gone, None, "nothing left to expand with");
+    // One survivor among the stale hits: the expansion uses it alone.
+    g.upsert(vec![item(u64::from(
+        hits[1].id[5..].parse::<u16>().unwrap(),
+    ))])
+    .unwrap();
+    let one = online::expand_from_hits(&g, &q, &hits, qe, &same)
+        .unwrap()
+        .unwrap();
+    let survivor = g.get(&hits[1].id).unwrap().vector;
+    let mean = crate::index::distance::normalised(
+        &q.iter()
+            .zip(survivor.iter())
+            .map(|(a, b)| a + b)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    for (a, b) in one.iter().zip(&mean) {
+        assert!(
+            (a - b).abs() < 1e-5,
+            "AQE of the query and its one live hit"
+        );
+    }
+}
+
 /// A gallery with a graph (low exact limit), no refresher interference.
 fn graph_params() -> HnswParams {
     HnswParams {
@@ -416,6 +466,11 @@ fn with_a_projection_online_kr_equals_batch_kr_in_the_projected_space() {
     let (ids, raw) = live_matrix(&g);
     let n = ids.len();
     assert_eq!(g.stats().projection_components, 6);
+    let width = g.state.read().flat().width();
+    assert_eq!(
+        width, 6,
+        "the exact scan reads the components, not the padding"
+    );
     let params = KrParams::default();
     for seed in [7u64, 8, 9] {
         let q = item(5000 + seed).vector;

@@ -109,15 +109,27 @@ fn reciprocal<G: Graph>(g: &G, i: u32, k: usize) -> Vec<u32> {
 
 /// Row i of V (steps 2-4), sorted by column.
 fn v_row<G: Graph>(g: &G, i: u32, p: &KrParams) -> SparseRow {
+    v_row_shared(g, i, p, &mut HashMap::new())
+}
+
+/// `v_row`, taking each R(c, k1/2) from `halves` (filled as needed): the
+/// rows of one request share most of their c, and every R read goes
+/// through the lists of c's neighbours, cache misses in a large gallery.
+fn v_row_shared<G: Graph>(
+    g: &G,
+    i: u32,
+    p: &KrParams,
+    halves: &mut HashMap<u32, Vec<u32>>,
+) -> SparseRow {
     let r = reciprocal(g, i, p.k1);
     let h = p.half_k1();
     let mut set = r.clone();
     for &c in &r {
-        let rc = reciprocal(g, c, h);
+        let rc = halves.entry(c).or_insert_with(|| reciprocal(g, c, h));
         let inter = rc.iter().filter(|x| r.contains(x)).count();
         // |R(c,h) ∩ R(i,k1)| > 2/3 |R(c,h)|, in integers.
         if 3 * inter > 2 * rc.len() {
-            set.extend_from_slice(&rc);
+            set.extend_from_slice(rc);
         }
     }
     set.sort_unstable();

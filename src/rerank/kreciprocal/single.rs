@@ -7,7 +7,9 @@ use std::collections::{HashMap, HashSet};
 use ndarray::{ArrayView1, ArrayView2, Axis};
 use rayon::prelude::*;
 
-use super::{final_dist, nbrs, norm_d, qe_row, v_row, Graph, KrParams, NeighbourList, SparseRow};
+use super::{
+    final_dist, nbrs, norm_d, qe_row, v_row_shared, Graph, KrParams, NeighbourList, SparseRow,
+};
 use crate::rerank::knn::{
     check_finite, d2_pair, dot64, screen_self, top_k_of, top_k_sorted, Points,
 };
@@ -394,7 +396,11 @@ pub fn kr_single(
             a.extend(nbrs(&s, p, params.k2 - 1).iter().copied());
         }
     }
-    let v: HashMap<u32, SparseRow> = a.iter().map(|&p| (p, v_row(&s, p, params))).collect();
+    let mut halves = HashMap::new();
+    let v: HashMap<u32, SparseRow> = a
+        .iter()
+        .map(|&p| (p, v_row_shared(&s, p, params, &mut halves)))
+        .collect();
     let vq = |p: u32| -> SparseRow {
         if params.k2 > 1 {
             qe_row(&s, p, params.k2, |n| {
