@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use ndarray::{Array2, ArrayView1, ArrayView2};
 
+use super::post::Snapshot;
+use super::projection::pad;
 use super::{Gallery, Hit, Metadata, SearchParams, SpaceChanged};
 use crate::rerank::aqe::{alpha_qe, aqe};
 use crate::rerank::kreciprocal::{kr_single, KrParams};
@@ -145,7 +147,7 @@ fn attempt(
     let mut query = q.to_vec();
     if let Some(qe) = plan.qe {
         let t = Stage::start("query_expansion");
-        let expanded = expand_from_hits(g, q, &hits, qe, &into_space)?;
+        let expanded = expand_from_hits(g, q, &hits, qe, snapshot.as_deref(), &into_space)?;
         timings.push(t.end());
         let t = Stage::start("search_expanded");
         match expanded {
@@ -218,18 +220,34 @@ pub(super) type IntoSpace<'a> = dyn Fn(&[f32]) -> Result<Vec<f32>, RerankError> 
 /// The expanded query from the top `qe.k` hits' stored vectors (in the
 /// request's space), or None when there is nothing to expand with: no hits,
 /// or every hit removed since the search (a concurrent RemoveFromGallery;
-/// the soak found this as an INTERNAL 'aqe k >= 1').
+/// the soak found this as an INTERNAL 'aqe k >= 1'). A hit the request's
+/// `snapshot` holds projected (the request's space is that snapshot's) is
+/// read from there instead of projected again.
 pub(super) fn expand_from_hits(
     g: &Gallery,
     q: &[f32],
     hits: &[Hit],
     qe: QueryExpansion,
+    snapshot: Option<&Snapshot>,
     into_space: &IntoSpace<'_>,
 ) -> Result<Option<Vec<f32>>, RerankError> {
     let k = qe.k.min(hits.len());
+    let projected_row = |seq: u64| -> Option<Vec<f32>> {
+        let s = snapshot?;
+        let row = s.projected.as_ref()?.row(*s.row_of.get(&seq)?);
+        Some(pad(row.iter().copied(), q.len()))
+    };
     let rows: Vec<crate::index::Vector> = hits[..k]
         .iter()
-        .filter_map(|h| g.get(&h.id).map(|e| into_space(&e.vector)))
+        .filter_map(|h| {
+            let e = g.get(&h.id)?;
+            // The same seq: the vector the search saw, not a replacement.
+            let saved = (e.seq == h.seq).then(|| projected_row(h.seq)).flatten();
+            Some(match saved {
+                Some(v) => Ok(v),
+                None => into_space(&e.vector),
+            })
+        })
         .map(|v| v.map(Into::into))
         .collect::<Result<_, _>>()?;
     if rows.is_empty() {

@@ -1,6 +1,7 @@
 //! The derived state of a gallery saved at shutdown, so that a restart
 //! does not recompute it: the post-processing snapshot (neighbour lists,
-//! DBA vectors), the index point of each of its rows, and the HNSW graph.
+//! DBA vectors, the fitted projection and the projected rows), the index
+//! point of each of its rows, and the HNSW graph.
 //!
 //! The store stays the only source of truth. A saved state is a cache:
 //! it is used only when its settings match the current ones and every
@@ -22,12 +23,14 @@ use std::path::{Path, PathBuf};
 use ndarray::Array2;
 use sha2::{Digest, Sha256};
 
-use super::post::{PostConfig, Snapshot};
+use super::post::{PostConfig, SavedSpace, Snapshot};
+use super::projection::Projection;
 use crate::index::{Graph, HnswParams};
 use crate::rerank::kreciprocal::GalleryNeighbours;
 
 const MAGIC: &[u8; 8] = b"LKLSTATE";
-const VERSION: u32 = 1;
+/// 2: the projection settings and fit (version 1 had no place for them).
+const VERSION: u32 = 2;
 const STATE_FILE: &str = "state.bin";
 const GRAPH_BASENAME: &str = "graph";
 
@@ -51,6 +54,9 @@ struct Settings {
     neighbours_k: u64,
     m: u64,
     ef_construction: u64,
+    /// 0: no projection configured.
+    projection_components: u64,
+    projection_beta: u64,
 }
 
 impl Settings {
@@ -62,6 +68,8 @@ impl Settings {
             neighbours_k: post.neighbours_k as u64,
             m: index.m as u64,
             ef_construction: index.ef_construction as u64,
+            projection_components: post.projection.map_or(0, |p| p.components as u64),
+            projection_beta: post.projection.map_or(0, |p| p.beta.to_bits()),
         }
     }
 }
@@ -125,15 +133,6 @@ pub fn save(
     post: &PostConfig,
     index: &HnswParams,
 ) -> Result<(), PersistError> {
-    // The format has no place for a fitted projection yet: with one, the
-    // next start recomputes (and refits) instead, and an older save is
-    // dropped so that it cannot be mistaken for this gallery's state.
-    if post.projection.is_some() {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
-        }
-        return Ok(());
-    }
     let partial = dir.with_extension("partial");
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(io_err(&partial))?;
@@ -188,9 +187,11 @@ fn write_state(
     let s = Settings::new(snap.raw.ncols(), post, index);
     w.write_all(MAGIC)?;
     w.write_all(&VERSION.to_le_bytes())?;
+    let space = snap.projection.as_ref().zip(snap.projected.as_ref());
     let flags = u64::from(snap.neighbours.is_some())
         | u64::from(snap.dba.is_some()) << 1
-        | u64::from(has_graph) << 2;
+        | u64::from(has_graph) << 2
+        | u64::from(space.is_some()) << 3;
     let k = snap.neighbours.as_ref().map_or(0, |nb| nb.k() as u64);
     put_u64s(
         &mut w,
@@ -201,6 +202,8 @@ fn write_state(
             s.neighbours_k,
             s.m,
             s.ef_construction,
+            s.projection_components,
+            s.projection_beta,
             snap.len() as u64,
             snap.generation,
             flags,
@@ -211,6 +214,13 @@ fn write_state(
     put_u64s(&mut w, snap.seqs.iter().copied())?;
     put_u64s(&mut w, points.iter().copied())?;
     put_f32s(&mut w, snap.raw.iter())?;
+    if let Some((p, rows)) = space {
+        let (mean, weights) = p.parts();
+        put_u64s(&mut w, [p.components() as u64, snap.since_fit as u64])?;
+        put_f32s(&mut w, mean.iter())?;
+        put_f32s(&mut w, weights.iter())?;
+        put_f32s(&mut w, rows.iter())?;
+    }
     if let Some(nb) = &snap.neighbours {
         let (_, n2, ids, d2, row_max) = nb.parts();
         put_f64s(&mut w, n2)?;
@@ -275,10 +285,6 @@ pub fn load(
     post: &PostConfig,
     index: &HnswParams,
 ) -> Result<Option<Saved>, PersistError> {
-    // Not saved with the projection on (`save`): nothing there is ours.
-    if post.projection.is_some() {
-        return Ok(None);
-    }
     let path = dir.join(STATE_FILE);
     let mut bytes = Vec::new();
     match File::open(&path) {
@@ -329,7 +335,7 @@ type Parsed = Option<(Snapshot, Vec<u64>, u64, bool)>;
 
 /// None: malformed; Some(None): other settings.
 fn parse(c: &mut Cursor, dims: usize, post: &PostConfig, index: &HnswParams) -> Option<Parsed> {
-    let h = c.u64s(11)?;
+    let h = c.u64s(13)?;
     let saved = Settings {
         dims: h[0],
         dba: h[1] != 0,
@@ -337,14 +343,31 @@ fn parse(c: &mut Cursor, dims: usize, post: &PostConfig, index: &HnswParams) -> 
         neighbours_k: h[3],
         m: h[4],
         ef_construction: h[5],
+        projection_components: h[6],
+        projection_beta: h[7],
     };
     if saved != Settings::new(dims, post, index) {
         return Some(None);
     }
-    let (n, generation, flags, k) = (usize::try_from(h[6]).ok()?, h[7], h[8], h[9] as usize);
+    let (n, generation, flags, k) = (usize::try_from(h[8]).ok()?, h[9], h[10], h[11] as usize);
     let seqs = c.u64s(n)?;
     let points = c.u64s(n)?;
     let raw = Array2::from_shape_vec((n, dims), c.f32s(n.checked_mul(dims)?)?).ok()?;
+    let space = if flags & 8 != 0 {
+        let (p, since_fit) = (usize::try_from(c.u64()?).ok()?, c.u64()?);
+        let mean = ndarray::Array1::from(c.f32s(dims)?);
+        let weights = Array2::from_shape_vec((dims, p), c.f32s(dims.checked_mul(p)?)?).ok()?;
+        let projected = Array2::from_shape_vec((n, p), c.f32s(n.checked_mul(p)?)?).ok()?;
+        Some(SavedSpace {
+            projection: std::sync::Arc::new(Projection::from_parts(mean, weights).ok()?),
+            projected,
+            since_fit: usize::try_from(since_fit).ok()?,
+        })
+    } else {
+        None
+    };
+    // The rows every later stage works on: projected, or the raw ones.
+    let work = space.as_ref().map_or(dims, |s| s.projected.ncols());
     let neighbours = if flags & 1 != 0 {
         let n2 = c.f64s(n)?;
         let ids = c
@@ -359,15 +382,15 @@ fn parse(c: &mut Cursor, dims: usize, post: &PostConfig, index: &HnswParams) -> 
         None
     };
     let dba = if flags & 2 != 0 {
-        Some(Array2::from_shape_vec((n, dims), c.f32s(n * dims)?).ok()?)
+        Some(Array2::from_shape_vec((n, work), c.f32s(n.checked_mul(work)?)?).ok()?)
     } else {
         None
     };
     if !c.buf.is_empty() {
         return None;
     }
-    let snapshot = Snapshot::from_parts(generation, seqs, raw, neighbours, dba);
-    Some(Some((snapshot, points, h[10], flags & 4 != 0)))
+    let snapshot = Snapshot::from_parts(generation, seqs, raw, neighbours, dba, space);
+    Some(Some((snapshot, points, h[12], flags & 4 != 0)))
 }
 
 /// hnsw_rs ties a loaded graph's lifetime to its loader; without mmap the

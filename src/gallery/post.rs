@@ -61,6 +61,14 @@ impl Default for PostConfig {
     }
 }
 
+/// A snapshot's fitted projection as saved (`persist`): the fit, the
+/// projected rows and the changes counted since the fit.
+pub struct SavedSpace {
+    pub projection: Arc<Projection>,
+    pub projected: Array2<f32>,
+    pub since_fit: usize,
+}
+
 /// One consistent recomputation over the gallery as it was at `generation`.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -290,7 +298,12 @@ impl Snapshot {
         raw: Array2<f32>,
         neighbours: Option<GalleryNeighbours>,
         dba: Option<Array2<f32>>,
+        space: Option<SavedSpace>,
     ) -> Self {
+        let (projection, projected, since_fit) = match space {
+            Some(s) => (Some(s.projection), Some(s.projected), s.since_fit),
+            None => (None, None, 0),
+        };
         Self {
             generation,
             row_of: seqs.iter().enumerate().map(|(i, &s)| (s, i)).collect(),
@@ -298,9 +311,9 @@ impl Snapshot {
             raw,
             neighbours,
             dba,
-            projection: None,
-            projected: None,
-            since_fit: 0,
+            projection,
+            projected,
+            since_fit,
         }
     }
 

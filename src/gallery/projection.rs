@@ -49,6 +49,24 @@ impl Projection {
         }))
     }
 
+    /// A fit saved with the gallery's derived state (`persist`): the mean
+    /// (`dims`) and the scaled components (`dims x components`).
+    pub fn from_parts(mean: Array1<f32>, weights: Array2<f32>) -> Result<Self, RerankError> {
+        if weights.nrows() != mean.len() || weights.ncols() == 0 {
+            return Err(RerankError::DimMismatch {
+                what: "saved projection weights",
+                got: weights.nrows(),
+                expected: mean.len(),
+            });
+        }
+        Ok(Self { mean, weights })
+    }
+
+    /// The mean and the scaled components, as `from_parts` takes them.
+    pub fn parts(&self) -> (&Array1<f32>, &Array2<f32>) {
+        (&self.mean, &self.weights)
+    }
+
     pub fn components(&self) -> usize {
         self.weights.ncols()
     }

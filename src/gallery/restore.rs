@@ -62,7 +62,7 @@ impl Gallery {
             None => (None, None),
         };
         // Everything else is new to the index.
-        let unindexed = state.point_the_rest();
+        let unindexed = state.point_the_rest()?;
         state.set_unrefreshed(snapshot.as_deref());
         // Without a saved graph, the first refresh (over the DBA vectors)
         // or `maintain_index` builds one, only past the exact limit.

@@ -13,10 +13,11 @@ use std::collections::{btree_map, BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::post::Snapshot;
-use super::projection::Projection;
+use super::projection::{pad, Projection};
 use super::Entry;
 use crate::index::flat::FlatRows;
 use crate::index::Vector;
+use crate::rerank::RerankError;
 
 /// The point of an item that has none yet (only while opening).
 const NO_POINT: u64 = u64::MAX;
@@ -81,8 +82,11 @@ impl State {
     }
 
     /// Gives the live rows of a restored snapshot back their saved index
-    /// `points` (and DBA vectors); `next_point` is the saved counter.
+    /// `points` and indexed vectors (DBA or projected), and the state the
+    /// snapshot's space; `next_point` is the saved counter.
     pub fn restore_points(&mut self, snap: &Snapshot, points: &[u64], next_point: u64) {
+        let dims = snap.raw.ncols();
+        self.projection = snap.projection.clone();
         let above_live = points
             .iter()
             .filter(|&&p| p != NO_POINT)
@@ -95,8 +99,8 @@ impl State {
             };
             if let (Some(e), true) = (self.items.get_mut(id), point != NO_POINT) {
                 e.point = point;
-                if let Some(dba) = &snap.dba {
-                    e.indexed = dba.row(row).to_vec().into();
+                if let Some(ix) = snap.indexed() {
+                    e.indexed = pad(ix.row(row).iter().copied(), dims).into();
                     self.flat.put(seq, e.indexed.clone());
                 }
                 self.by_point.insert(point, seq);
@@ -104,17 +108,26 @@ impl State {
         }
     }
 
-    /// Gives every item without a point a fresh one; returns them, for
-    /// the index.
-    pub fn point_the_rest(&mut self) -> Vec<(u64, Vector)> {
+    /// Gives every item without a point a fresh one, in the state's
+    /// space (projected when a restored snapshot brought a projection);
+    /// returns them, for the index. The scan's codes are then as wide as
+    /// that space needs.
+    pub fn point_the_rest(&mut self) -> Result<Vec<(u64, Vector)>, RerankError> {
         let mut fresh = Vec::new();
         for e in self.items.values_mut().filter(|e| e.point == NO_POINT) {
+            if let Some(p) = &self.projection {
+                e.indexed = p.apply(&e.vector)?.into();
+                self.flat.put(e.seq, e.indexed.clone());
+            }
             e.point = self.next_point;
             self.next_point += 1;
             self.by_point.insert(e.point, e.seq);
             fresh.push((e.point, e.indexed.clone()));
         }
-        fresh
+        if self.projection.is_some() {
+            self.flat.compact();
+        }
+        Ok(fresh)
     }
 
     /// Counts as unrefreshed what `snapshot` (restored at open, or none)
@@ -288,7 +301,7 @@ mod tests {
     fn the_three_maps_agree_after_insert_replace_repoint_and_remove() {
         let mut s = State::loaded([("a".to_string(), entry(4, 0))], 2);
         assert_eq!(s.next_seq(), 5, "above every stored seq");
-        assert_eq!(s.point_the_rest().len(), 1);
+        assert_eq!(s.point_the_rest().unwrap().len(), 1);
         assert_eq!(s.at_point(0).map(|e| e.seq), Some(4));
         s.set_unrefreshed(None);
         assert_eq!(s.stale(), 1);

@@ -12,6 +12,7 @@ use super::*;
 use crate::index::HnswParams;
 use crate::rerank::dba::gallery_dba;
 use crate::rerank::kreciprocal::{k_reciprocal, GalleryNeighbours, KrParams};
+use crate::rerank::RerankError;
 
 const DIMS: usize = 16;
 
@@ -309,18 +310,18 @@ fn query_expansion_over_hits_removed_since_the_search_is_skipped_not_an_error() 
     assert_eq!(hits.len(), 5);
     let qe = QueryExpansion { k: 3, alpha: 0.0 };
     let same = |v: &[f32]| Ok(v.to_vec());
-    let live = online::expand_from_hits(&g, &q, &hits, qe, &same).unwrap();
+    let live = online::expand_from_hits(&g, &q, &hits, qe, None, &same).unwrap();
     assert!(live.is_some(), "live hits expand the query");
     let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
     assert!(g.remove(&ids).unwrap().is_empty(), "all five were there");
-    let gone = online::expand_from_hits(&g, &q, &hits, qe, &same).unwrap();
+    let gone = online::expand_from_hits(&g, &q, &hits, qe, None, &same).unwrap();
     assert_eq!(gone, None, "nothing left to expand with");
     // One survivor among the stale hits: the expansion uses it alone.
     g.upsert(vec![item(u64::from(
         hits[1].id[5..].parse::<u16>().unwrap(),
     ))])
     .unwrap();
-    let one = online::expand_from_hits(&g, &q, &hits, qe, &same)
+    let one = online::expand_from_hits(&g, &q, &hits, qe, None, &same)
         .unwrap()
         .unwrap();
     let survivor = g.get(&hits[1].id).unwrap().vector;
@@ -337,6 +338,54 @@ fn query_expansion_over_hits_removed_since_the_search_is_skipped_not_an_error() 
             "AQE of the query and its one live hit"
         );
     }
+}
+
+#[test]
+fn query_expansion_reads_projected_hits_from_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = open(dir.path(), projected(false, 6, 0.0));
+    g.upsert((0..60).map(item).collect()).unwrap();
+    g.refresh_post().unwrap();
+    let snap = g.post_snapshot().unwrap();
+    let p = snap.projection.clone().unwrap();
+    let q = p.apply(&item(3).vector).unwrap();
+    let params = SearchParams {
+        k: 3,
+        ef: 64,
+        exact: true,
+        filter: &Metadata::new(),
+        exclude: None,
+        space: Some(&p),
+    };
+    let hits = g.search(&q, &params).unwrap();
+    let qe = QueryExpansion { k: 3, alpha: 0.0 };
+    // Every hit is in the snapshot: nothing is projected again.
+    let never = |_: &[f32]| -> Result<Vec<f32>, RerankError> {
+        Err(RerankError::Empty {
+            what: "a re-projection",
+        })
+    };
+    let fast = online::expand_from_hits(&g, &q, &hits, qe, Some(&snap), &never)
+        .unwrap()
+        .unwrap();
+    let slow = online::expand_from_hits(&g, &q, &hits, qe, None, &|v| p.apply(v))
+        .unwrap()
+        .unwrap();
+    for (a, b) in fast.iter().zip(&slow) {
+        assert!(
+            (a - b).abs() < 1e-5,
+            "the saved rows are the projected ones"
+        );
+    }
+    // An item added since the snapshot is projected now.
+    g.upsert(vec![NewItem {
+        id: "fresh".into(),
+        ..item(3)
+    }])
+    .unwrap();
+    let hits = g.search(&q, &params).unwrap();
+    assert!(hits.iter().any(|h| h.id == "fresh"));
+    assert!(online::expand_from_hits(&g, &q, &hits, qe, Some(&snap), &never).is_err());
 }
 
 /// A gallery with a graph (low exact limit), no refresher interference.
@@ -616,6 +665,103 @@ fn items_added_after_a_fit_are_projected_and_a_refit_switches_the_space() {
         Err(SpaceChanged)
     ));
     assert_eq!(g.stats().projection_components, 6);
+}
+
+/// With the projection on, a restart restores the fit and the projected
+/// space instead of refitting: the same projection bit for bit, the same
+/// indexed vectors and answers; items written after the save (then a
+/// crash) are projected with the restored fit at open.
+#[test]
+fn a_saved_state_with_a_projection_restores_the_fit_and_its_space() {
+    for dba in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db.redb");
+        let cfg = projected(dba, 6, 0.5);
+        let plan = Plan {
+            top_k: 5,
+            ef: 64,
+            exact: false,
+            shortlist: 30,
+            qe: Some(QueryExpansion { k: 1, alpha: 0.0 }),
+            kr: Some(KrParams::default()),
+        };
+        let answer = |g: &Gallery, i: u64| {
+            let out = online::search(g, &item(i).vector, &plan, &Metadata::new(), None).unwrap();
+            out.hits
+                .iter()
+                .map(|h| (h.id.clone(), h.distance.to_bits()))
+                .collect::<Vec<_>>()
+        };
+        let (parts, indexed, answers) = {
+            let gs = Galleries::open(&db, graph_params(), cfg.clone()).unwrap();
+            let g = gs.create("g", meta()).unwrap();
+            // A full fit, then an incremental refresh that keeps it: a
+            // recomputation at open would start again at generation 1.
+            g.upsert((0..190).map(item).collect()).unwrap();
+            g.refresh_post().unwrap();
+            g.upsert((190..200).map(item).collect()).unwrap();
+            g.refresh_post().unwrap();
+            assert_eq!(g.stats().post_generation, 2);
+            assert_eq!(g.post_snapshot().unwrap().since_fit, 10);
+            assert_eq!(gs.save_all(), 1);
+            let p = g.post_snapshot().unwrap().projection.clone().unwrap();
+            let parts = (p.parts().0.clone(), p.parts().1.clone());
+            let indexed: Vec<_> = (0..200)
+                .map(|i| g.get(&item(i).id).unwrap().indexed)
+                .collect();
+            let answers: Vec<_> = [3u64, 77, 150].iter().map(|&i| answer(&g, i)).collect();
+            (parts, indexed, answers)
+        };
+        let restored = {
+            let gs = Galleries::open(&db, graph_params(), cfg.clone()).unwrap();
+            let g = gs.get("g").unwrap();
+            let s = g.stats();
+            assert_eq!(
+                (s.post_generation, s.stale_items, s.projection_components),
+                (2, 0, 6),
+                "dba {dba}: restored, not recomputed"
+            );
+            assert_eq!(s.index.generation, 0, "the saved graph, not a rebuild");
+            let p = g.post_snapshot().unwrap().projection.clone().unwrap();
+            assert_eq!((p.parts().0, p.parts().1), (&parts.0, &parts.1));
+            assert!(Arc::ptr_eq(&p, g.state.read().projection.as_ref().unwrap()));
+            for (i, want) in indexed.iter().enumerate() {
+                assert_eq!(&g.get(&item(i as u64).id).unwrap().indexed, want);
+            }
+            let now: Vec<_> = [3u64, 77, 150].iter().map(|&i| answer(&g, i)).collect();
+            assert_eq!(now, answers, "dba {dba}: the same answers after a restart");
+            // Written after the save, then a crash (no second save).
+            g.upsert((200..205).map(item).collect()).unwrap();
+            p
+        };
+        let gs = Galleries::open(&db, graph_params(), cfg.clone()).unwrap();
+        let g = gs.get("g").unwrap();
+        // Opening refreshed over the five, incrementally, in the saved fit.
+        let s = g.stats();
+        assert_eq!((s.post_generation, s.stale_items), (3, 0));
+        let snap = g.post_snapshot().unwrap();
+        let p = snap.projection.clone().unwrap();
+        assert!(Arc::ptr_eq(&p, g.state.read().projection.as_ref().unwrap()));
+        assert_eq!(
+            p.parts().1,
+            restored.parts().1,
+            "the saved fit, not a refit"
+        );
+        assert_eq!(snap.since_fit, 15, "the saved count goes on");
+        for i in 200..205 {
+            let it = item(i);
+            let want: Vec<f32> = match &snap.dba {
+                Some(d) => {
+                    let row = d.row(snap.row_of[&g.get(&it.id).unwrap().seq]);
+                    super::projection::pad(row.iter().copied(), DIMS)
+                }
+                None => p.apply(&it.vector).unwrap(),
+            };
+            assert_eq!(g.get(&it.id).unwrap().indexed, want.into());
+        }
+        let found = online::search(&g, &item(202).vector, &plan, &Metadata::new(), None).unwrap();
+        assert_eq!(found.hits[0].id, item(202).id);
+    }
 }
 
 #[test]
