@@ -161,6 +161,9 @@ async fn main() {
     let (mut lat, mut dec, mut inf, mut thr) = (vec![], vec![], vec![], vec![]);
     let (mut py_e2e, mut py_inf) = (vec![], vec![]);
     for _ in 0..rounds {
+        // Each round starts after the 16-in-flight batches and the Python
+        // run: warm again, as the reference does (3 photos).
+        one_at_a_time(&mut client, &imgs[..3]).await;
         let [l, d, i] = one_at_a_time(&mut client, &imgs).await;
         lat.extend(l);
         dec.extend(d);

@@ -213,8 +213,8 @@ impl Config {
         if self.default_top_k == 0 || self.default_top_k > self.max_top_k {
             return bad("default_top_k must be between 1 and max_top_k");
         }
-        if self.embed.max_batch == 0 || self.embed.max_in_flight == 0 {
-            return bad("embed.max_batch and embed.max_in_flight must be at least 1");
+        if self.embed.max_in_flight == 0 {
+            return bad("embed.max_in_flight must be at least 1");
         }
         let pp = &self.post_processing;
         if pp.dba_k == 0 || pp.neighbours_k < pp.dba_k {

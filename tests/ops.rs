@@ -176,6 +176,13 @@ async fn metrics_move_with_real_traffic() {
         batched - before.sum("lookalike_embed_batch_size_sum", &[]),
         4.0
     );
+    // On the CPU provider the default batch limit is one image.
+    assert_eq!(
+        after.sum("lookalike_embed_batch_size_count", &[])
+            - before.sum("lookalike_embed_batch_size_count", &[]),
+        4.0,
+        "four batches of one"
+    );
     assert_eq!(
         after.sum("lookalike_gallery_items", &[("gallery", "g")]),
         3.0

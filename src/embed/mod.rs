@@ -51,6 +51,7 @@ pub struct EngineConfig {
     pub sessions: usize,
     /// ONNX Runtime intra-op threads per session (0 = number of cores).
     pub intra_threads: usize,
+    /// Images per inference batch at most; 0: by provider (`batch_limit`).
     pub max_batch: usize,
     pub max_wait_ms: u64,
     /// Images admitted at once (decoding, queued or running).
@@ -69,7 +70,7 @@ impl Default for EngineConfig {
             require_gpu: false,
             sessions: 1,
             intra_threads: 0,
-            max_batch: 16,
+            max_batch: 0,
             max_wait_ms: 2,
             max_in_flight: 256,
             upcast_fp16_on_cpu: true,
@@ -111,6 +112,18 @@ pub struct EmbedTimings {
     pub infer: Duration,
 }
 
+/// The batch limit for `configured` (0: by provider). On CUDA batches
+/// pay; on the CPU they cost: ONNX Runtime already spreads one image over
+/// every core, and 16 in flight embedded 15% faster one at a time than in
+/// batches of 16 (BENCHMARKS.md, "Embed one at a time").
+pub fn batch_limit(configured: usize, provider: Provider) -> usize {
+    match (configured, provider) {
+        (0, Provider::Cuda) => 16,
+        (0, Provider::Cpu) => 1,
+        (n, _) => n,
+    }
+}
+
 impl Engine {
     /// Loads the manifest's backbones and starts their workers.
     pub fn load(
@@ -126,10 +139,6 @@ impl Engine {
             intra_threads: cfg.intra_threads,
             upcast_fp16: cfg.upcast_fp16_on_cpu,
         };
-        let batch = BatchOptions {
-            max_batch: cfg.max_batch.max(1),
-            max_wait: Duration::from_millis(cfg.max_wait_ms),
-        };
         let admission = Admission::new(cfg.max_in_flight.max(1));
         let mut members = Vec::new();
         let mut provider = Provider::Cuda;
@@ -137,15 +146,22 @@ impl Engine {
         for b in &m.manifest.backbones {
             let path = m.path_of(&b.onnx);
             let mut sessions = Vec::new();
+            let mut on = Provider::Cuda;
             for _ in 0..cfg.sessions.max(1) {
                 let (s, p) = runtime::open_session(&env, &path, &opts)?;
                 check_io(&s, &path)?;
                 if p == Provider::Cpu {
+                    on = Provider::Cpu;
                     provider = Provider::Cpu;
                 }
                 sessions.push(s);
             }
-            tracing::info!(backbone = %b.name, provider = provider.name(), "model loaded");
+            let batch = BatchOptions {
+                max_batch: batch_limit(cfg.max_batch, on),
+                max_wait: Duration::from_millis(cfg.max_wait_ms),
+            };
+            tracing::info!(backbone = %b.name, provider = on.name(),
+                max_batch = batch.max_batch, "model loaded");
             let batcher = Batcher::start(
                 &b.name,
                 sessions,
@@ -377,4 +393,17 @@ fn load_projection(
         w: w.to_vec(),
         out_dims,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_limit_follows_the_provider_unless_configured() {
+        assert_eq!(batch_limit(0, Provider::Cpu), 1);
+        assert_eq!(batch_limit(0, Provider::Cuda), 16);
+        assert_eq!(batch_limit(8, Provider::Cpu), 8);
+        assert_eq!(batch_limit(8, Provider::Cuda), 8);
+    }
 }
