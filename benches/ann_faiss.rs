@@ -82,7 +82,7 @@ fn main() {
 
     // What a gallery's calibration would pick on this graph (index.target_recall).
     let target = HnswParams::default().target_recall;
-    let graph = index.graph().expect("a graph");
+    let (graph, _) = index.graph().expect("a graph");
     let t = Instant::now();
     let cal = calibrate(
         &graph,

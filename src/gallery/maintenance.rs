@@ -348,7 +348,7 @@ impl Gallery {
             &snap,
             &points,
             next_point,
-            graph.as_deref(),
+            graph.as_ref().map(|(g, c)| (&**g, c.as_ref())),
             &self.post_cfg,
             self.index.params(),
         )?;

@@ -1,7 +1,7 @@
 //! The derived state of a gallery saved at shutdown, so that a restart
 //! does not recompute it: the post-processing snapshot (neighbour lists,
 //! DBA vectors, the fitted projection and the projected rows), the index
-//! point of each of its rows, and the HNSW graph.
+//! point of each of its rows, and the HNSW graph with its calibrated ef.
 //!
 //! The store stays the only source of truth. A saved state is a cache:
 //! it is used only when its settings match the current ones and every
@@ -25,11 +25,12 @@ use sha2::{Digest, Sha256};
 
 use super::post::{PostConfig, SavedSpace, Snapshot};
 use super::projection::Projection;
-use crate::index::{Graph, HnswParams};
+use crate::index::{Calibration, Graph, HnswParams};
 use crate::rerank::kreciprocal::GalleryNeighbours;
 
 const MAGIC: &[u8; 8] = b"LKLSTATE";
-/// 2: the projection settings and fit (version 1 had no place for them).
+/// 2: the projection settings and fit, and the graph's calibration
+/// (version 1 had no place for them).
 const VERSION: u32 = 2;
 const STATE_FILE: &str = "state.bin";
 const GRAPH_BASENAME: &str = "graph";
@@ -82,7 +83,9 @@ pub struct Saved {
     /// The first point id never issued: the graph may hold dead points
     /// above every live one, and a reused id would revive one.
     pub next_point: u64,
-    pub graph: Option<Graph>,
+    /// The graph and what its build measured (None: calibration off, or
+    /// measured under another target recall or ef limit).
+    pub graph: Option<(Graph, Option<Calibration>)>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PersistError + '_ {
@@ -129,7 +132,7 @@ pub fn save(
     snap: &Snapshot,
     points: &[u64],
     next_point: u64,
-    graph: Option<&Graph>,
+    graph: Option<(&Graph, Option<&Calibration>)>,
     post: &PostConfig,
     index: &HnswParams,
 ) -> Result<(), PersistError> {
@@ -144,12 +147,12 @@ pub fn save(
         snap,
         points,
         next_point,
-        graph.is_some(),
+        graph.map(|(_, c)| c),
         post,
         index,
     )
     .map_err(io_err(&path))?;
-    if let Some(g) = graph {
+    if let Some((g, _)) = graph {
         use hnsw_rs::api::AnnT;
         g.file_dump(&partial, GRAPH_BASENAME)
             .map_err(|e| PersistError::Invalid {
@@ -175,7 +178,8 @@ fn write_state(
     snap: &Snapshot,
     points: &[u64],
     next_point: u64,
-    has_graph: bool,
+    // None: no graph; Some(c): a graph, with its calibration if any.
+    graph: Option<Option<&Calibration>>,
     post: &PostConfig,
     index: &HnswParams,
 ) -> std::io::Result<()> {
@@ -190,8 +194,9 @@ fn write_state(
     let space = snap.projection.as_ref().zip(snap.projected.as_ref());
     let flags = u64::from(snap.neighbours.is_some())
         | u64::from(snap.dba.is_some()) << 1
-        | u64::from(has_graph) << 2
-        | u64::from(space.is_some()) << 3;
+        | u64::from(graph.is_some()) << 2
+        | u64::from(space.is_some()) << 3
+        | u64::from(graph.flatten().is_some()) << 4;
     let k = snap.neighbours.as_ref().map_or(0, |nb| nb.k() as u64);
     put_u64s(
         &mut w,
@@ -211,6 +216,19 @@ fn write_state(
             next_point,
         ],
     )?;
+    if let Some(c) = graph.flatten() {
+        put_u64s(
+            &mut w,
+            [
+                c.ef as u64,
+                c.recall.to_bits(),
+                u64::from(c.reached),
+                c.sample as u64,
+                c.build_seconds.to_bits(),
+                index.target_recall.to_bits(),
+            ],
+        )?;
+    }
     put_u64s(&mut w, snap.seqs.iter().copied())?;
     put_u64s(&mut w, points.iter().copied())?;
     put_f32s(&mut w, snap.raw.iter())?;
@@ -308,13 +326,13 @@ pub fn load(
     }
     let mut c = Cursor { buf: &body[12..] };
     let parsed = parse(&mut c, dims, post, index).ok_or_else(|| invalid("malformed"))?;
-    let Some((snapshot, points, next_point, has_graph)) = parsed else {
+    let Some((snapshot, points, next_point, saved_graph)) = parsed else {
         tracing::info!(path = %path.display(), "saved state is for other settings; recomputing");
         return Ok(None);
     };
-    let graph = if has_graph {
+    let graph = if let Some(calibration) = saved_graph {
         match load_graph(dir) {
-            Ok(g) => Some(g),
+            Ok(g) => Some((g, calibration)),
             Err(why) => {
                 tracing::warn!(dir = %dir.display(), %why, "saved HNSW graph unusable; rebuilding");
                 None
@@ -331,7 +349,7 @@ pub fn load(
     }))
 }
 
-type Parsed = Option<(Snapshot, Vec<u64>, u64, bool)>;
+type Parsed = Option<(Snapshot, Vec<u64>, u64, Option<Option<Calibration>>)>;
 
 /// None: malformed; Some(None): other settings.
 fn parse(c: &mut Cursor, dims: usize, post: &PostConfig, index: &HnswParams) -> Option<Parsed> {
@@ -350,6 +368,23 @@ fn parse(c: &mut Cursor, dims: usize, post: &PostConfig, index: &HnswParams) -> 
         return Some(None);
     }
     let (n, generation, flags, k) = (usize::try_from(h[8]).ok()?, h[9], h[10], h[11] as usize);
+    let calibration = if flags & 16 != 0 {
+        let c = c.u64s(6)?;
+        let saved = Calibration {
+            ef: usize::try_from(c[0]).ok()?,
+            recall: f64::from_bits(c[1]),
+            reached: c[2] != 0,
+            sample: usize::try_from(c[3]).ok()?,
+            build_seconds: f64::from_bits(c[4]),
+        };
+        // Measured for what is asked now, or not used (the graph is).
+        let same_goal = c[5] == index.target_recall.to_bits()
+            && saved.ef <= index.max_ef_search as usize
+            && index.target_recall > 0.0;
+        same_goal.then_some(saved)
+    } else {
+        None
+    };
     let seqs = c.u64s(n)?;
     let points = c.u64s(n)?;
     let raw = Array2::from_shape_vec((n, dims), c.f32s(n.checked_mul(dims)?)?).ok()?;
@@ -390,7 +425,8 @@ fn parse(c: &mut Cursor, dims: usize, post: &PostConfig, index: &HnswParams) -> 
         return None;
     }
     let snapshot = Snapshot::from_parts(generation, seqs, raw, neighbours, dba, space);
-    Some(Some((snapshot, points, h[12], flags & 4 != 0)))
+    let graph = (flags & 4 != 0).then_some(calibration);
+    Some(Some((snapshot, points, h[12], graph)))
 }
 
 /// hnsw_rs ties a loaded graph's lifetime to its loader; without mmap the

@@ -67,7 +67,7 @@ impl Gallery {
         // Without a saved graph, the first refresh (over the DBA vectors)
         // or `maintain_index` builds one, only past the exact limit.
         let index = Arc::new(match graph {
-            Some(g) => AnnIndex::with_graph(params, g),
+            Some((g, calibration)) => AnnIndex::with_graph(params, g, calibration),
             None => AnnIndex::empty(params),
         });
         index.insert_many(&unindexed);

@@ -419,9 +419,12 @@ fn a_saved_state_is_restored_and_writes_since_are_applied() {
         g.remove(&[item(5000).id]).unwrap();
         assert_eq!(gs.save_all(), 1);
         assert!(dir.path().join("index/g/state.bin").exists());
+        let calibration = g.stats().index.calibration;
+        assert!(calibration.is_some(), "the build calibrated ef");
         let next = g.state.read().next_point();
-        next
+        (next, calibration)
     };
+    let (next_point, calibration) = next_point;
     // Restored, not recomputed: same generation, same graph.
     {
         let gs = Galleries::open(&db, graph_params(), manual()).unwrap();
@@ -430,6 +433,7 @@ fn a_saved_state_is_restored_and_writes_since_are_applied() {
         let s = g.stats();
         assert_eq!((s.stale_items, s.post_generation), (0, 2));
         assert!(s.index.built, "the saved graph was loaded");
+        assert_eq!(s.index.calibration, calibration, "with its calibrated ef");
         assert_eq!(s.tombstones, 1);
         assert_eq!(s.index.generation, 0, "loaded, not rebuilt");
         assert_state_equals_batch(&g);
@@ -448,6 +452,16 @@ fn a_saved_state_is_restored_and_writes_since_are_applied() {
         "changes inserted into the loaded graph"
     );
     assert_state_equals_batch(&g);
+    drop((g, gs));
+    // Another target recall: the graph is used, its calibration is not.
+    let other = HnswParams {
+        target_recall: 0.9,
+        ..graph_params()
+    };
+    let gs = Galleries::open(&db, other, manual()).unwrap();
+    let s = gs.get("g").unwrap().stats();
+    assert!(s.index.built && s.index.generation == 0, "the saved graph");
+    assert_eq!(s.index.calibration, None);
 }
 
 #[test]

@@ -97,8 +97,7 @@ pub struct AnnIndex {
     pending: Mutex<Vec<(u64, Vector)>>,
     rebuilding: AtomicBool,
     generation: AtomicU64,
-    /// Of the graph in use, when it was built here (a loaded one has none
-    /// until its next build).
+    /// Of the graph in use: measured by its build, or saved with it.
     calibration: RwLock<Option<Calibration>>,
 }
 
@@ -129,16 +128,19 @@ impl AnnIndex {
         index
     }
 
-    /// An index over a graph built or loaded elsewhere.
-    pub fn with_graph(params: HnswParams, graph: Graph) -> Self {
+    /// An index over a graph built or loaded elsewhere, with what its
+    /// build measured (saved with it), if anything.
+    pub fn with_graph(params: HnswParams, graph: Graph, calibration: Option<Calibration>) -> Self {
         let index = Self::empty(params);
         *index.graph.write() = Some(Arc::new(graph));
+        *index.calibration.write() = calibration;
         index
     }
 
-    /// The current graph, if any (to save it).
-    pub fn graph(&self) -> Option<Arc<Graph>> {
-        self.graph.read().clone()
+    /// The current graph, if any, and its calibration (to save them).
+    pub fn graph(&self) -> Option<(Arc<Graph>, Option<Calibration>)> {
+        let graph = self.graph.read().clone()?;
+        Some((graph, *self.calibration.read()))
     }
 
     /// An index without a graph; `begin_rebuild` / `finish_rebuild` make one.
