@@ -82,8 +82,9 @@ impl State {
     }
 
     /// Gives the live rows of a restored snapshot back their saved index
-    /// `points` and indexed vectors (DBA or projected), and the state the
-    /// snapshot's space; `next_point` is the saved counter.
+    /// `points` and indexed vectors (DBA or projected), and the state
+    /// the snapshot's space (its projection); `next_point` is the saved
+    /// counter.
     pub fn restore_points(&mut self, snap: &Snapshot, points: &[u64], next_point: u64) {
         let dims = snap.raw.ncols();
         self.projection = snap.projection.clone();
