@@ -3,7 +3,8 @@
 //! `insert`, `remove` and `repoint`, so the three always agree.
 //!
 //! The indexed vectors are also kept in `flat`, the exact scan's
-//! contiguous int8 matrix, updated by the same three methods.
+//! contiguous int8 matrix: built once when a gallery opens
+//! (`point_the_rest`), then updated by the same three methods.
 //!
 //! It also counts the changes applied (`writes`) and remembers how many
 //! of them the published post-processing snapshot covers (`covered`): the
@@ -58,7 +59,6 @@ impl State {
             e.point = NO_POINT;
             state.next_seq = state.next_seq.max(e.seq + 1);
             state.by_seq.insert(e.seq, id.clone());
-            state.flat.put(e.seq, e.indexed.clone());
             state.items.insert(id, e);
         }
         state
@@ -102,7 +102,6 @@ impl State {
                 e.point = point;
                 if let Some(ix) = snap.indexed() {
                     e.indexed = pad(ix.row(row).iter().copied(), dims).into();
-                    self.flat.put(seq, e.indexed.clone());
                 }
                 self.by_point.insert(point, seq);
             }
@@ -111,23 +110,22 @@ impl State {
 
     /// Gives every item without a point a fresh one, in the state's
     /// space (projected when a restored snapshot brought a projection);
-    /// returns them, for the index. The scan's codes are then as wide as
-    /// that space needs.
+    /// returns them, for the index. The last step of opening: the scan's
+    /// matrix is then built, each row encoded once, as wide as that space
+    /// needs.
     pub fn point_the_rest(&mut self) -> Result<Vec<(u64, Vector)>, RerankError> {
         let mut fresh = Vec::new();
         for e in self.items.values_mut().filter(|e| e.point == NO_POINT) {
             if let Some(p) = &self.projection {
                 e.indexed = p.apply(&e.vector)?.into();
-                self.flat.put(e.seq, e.indexed.clone());
             }
             e.point = self.next_point;
             self.next_point += 1;
             self.by_point.insert(e.point, e.seq);
             fresh.push((e.point, e.indexed.clone()));
         }
-        if self.projection.is_some() {
-            self.flat.compact();
-        }
+        let rows = self.items.values().map(|e| (e.seq, e.indexed.clone()));
+        self.flat = FlatRows::of_rows(rows.collect(), self.projection.is_some());
         Ok(fresh)
     }
 

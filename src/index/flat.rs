@@ -86,11 +86,30 @@ impl FlatRows {
         self.width
     }
 
+    /// A matrix of `rows` (seq, vector), all of one length, each encoded
+    /// once; `narrow`: codes only as wide as the rows need (as `compact`
+    /// leaves them), else full rows.
+    pub fn of_rows(rows: Vec<(u64, Vector)>, narrow: bool) -> Self {
+        let mut flat = Self::default();
+        let Some(dims) = rows.first().map(|(_, v)| v.len()) else {
+            return flat;
+        };
+        flat.dims = dims;
+        flat.width = match narrow {
+            true => rows.iter().map(|(_, v)| significant(v)).max().unwrap_or(0),
+            false => dims,
+        };
+        for (seq, v) in rows {
+            flat.put(seq, v);
+        }
+        flat
+    }
+
     /// Sets `seq`'s row to `v` (a new row, or a replacement in place).
     /// Rows must all have one length; the first row fixes it.
     pub fn put(&mut self, seq: u64, v: Vector) {
-        // Empty, the matrix is the default one (`remove` resets it).
-        if self.slot_of.is_empty() {
+        // The default matrix (`remove` resets to it when emptied).
+        if self.dims == 0 {
             self.dims = v.len();
             self.width = v.len();
         }
@@ -483,6 +502,32 @@ mod tests {
         flat.compact();
         assert_eq!(flat.width(), 16);
         assert_eq!(flat.top_k(&q, 10, None), brute(&rows, &q, 10));
+    }
+
+    #[test]
+    fn built_at_once_it_equals_rows_put_one_by_one() {
+        let padded: Vec<Vector> = clustered(300, 16, 8)
+            .into_iter()
+            .map(|v| {
+                let mut p = v.to_vec();
+                p.resize(64, 0.0);
+                p.into()
+            })
+            .collect();
+        let (mut by_put, rows) = numbered(padded);
+        let full = FlatRows::of_rows(rows.clone(), false);
+        assert_eq!(full.width(), by_put.width());
+        by_put.compact();
+        let narrow = FlatRows::of_rows(rows.clone(), true);
+        assert_eq!(
+            (narrow.width(), narrow.code_bytes()),
+            (by_put.width(), by_put.code_bytes())
+        );
+        let q = rows[7].1.to_vec();
+        for flat in [&full, &narrow] {
+            assert_eq!(flat.top_k(&q, 10, None), brute(&rows, &q, 10));
+        }
+        assert!(FlatRows::of_rows(Vec::new(), true).is_empty());
     }
 
     #[test]
