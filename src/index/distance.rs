@@ -10,6 +10,16 @@ use hnsw_rs::prelude::Distance;
 /// loop where the CPU has it (3x faster than the SSE2 baseline the crate
 /// is compiled for), so one binary stays portable.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_any(a, b)
+}
+
+/// Dot product of `a` with int8 `codes` (the first pass of
+/// `flat::FlatRows`), by the same loop.
+pub fn dot_codes(a: &[f32], codes: &[i8]) -> f32 {
+    dot_any(a, codes)
+}
+
+fn dot_any<T: Copy + Into<f32>>(a: &[f32], b: &[T]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function is built for.
@@ -20,7 +30,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+unsafe fn dot_avx2<T: Copy + Into<f32>>(a: &[f32], b: &[T]) -> f32 {
     dot_with(a, b, f32::mul_add)
 }
 
@@ -28,53 +38,18 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 /// acc)` is a fused multiply-add where the CPU has one (without FMA
 /// hardware `mul_add` is a slow library call).
 #[inline(always)]
-fn dot_with(a: &[f32], b: &[f32], madd: impl Fn(f32, f32, f32) -> f32) -> f32 {
+fn dot_with<T: Copy + Into<f32>>(a: &[f32], b: &[T], madd: impl Fn(f32, f32, f32) -> f32) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ca
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(x, &y)| x * y.into())
         .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..16 {
-            acc[i] = madd(x[i], y[i], acc[i]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// Dot product of `a` with int8 `codes` (the first pass of
-/// `flat::FlatRows`); dispatched like `dot`.
-pub fn dot_codes(a: &[f32], codes: &[i8]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is built for.
-        return unsafe { dot_codes_avx2(a, codes) };
-    }
-    dot_codes_with(a, codes, |x, y, acc| acc + x * y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_codes_avx2(a: &[f32], codes: &[i8]) -> f32 {
-    dot_codes_with(a, codes, f32::mul_add)
-}
-
-#[inline(always)]
-fn dot_codes_with(a: &[f32], codes: &[i8], madd: impl Fn(f32, f32, f32) -> f32) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), codes.chunks_exact(16));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, &y)| x * f32::from(y))
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] = madd(x[i], f32::from(y[i]), acc[i]);
+            acc[i] = madd(x[i], y[i].into(), acc[i]);
         }
     }
     acc.iter().sum::<f32>() + tail
