@@ -1,8 +1,12 @@
 """Assertions on the chart as the real Helm engine renders it with the ci/
-values files: ports, volumes, security, GPU, TLS, keys, monitoring, and
-values the schema must refuse. Run by scripts/deploy-check.sh."""
+values files: ports, volumes, security, GPU, TLS, keys, monitoring, the
+admin Service, NetworkPolicy, Ingress, escape hatches, and values the
+schema must refuse; and on the Dockerfile's health check and labels. Run by
+scripts/deploy-check.sh."""
 
 import copy
+import pathlib
+import re
 import tomllib
 import unittest
 
@@ -43,6 +47,27 @@ def server(objs):
     return one(objs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
 
 
+def pod_spec(objs):
+    return one(objs, "StatefulSet")["spec"]["template"]["spec"]
+
+
+def annotations(objs):
+    return one(objs, "StatefulSet")["spec"]["template"]["metadata"].get("annotations", {})
+
+
+def selects(selector, labels):
+    """Whether a matchLabels selector (or a Service's selector map) picks labels."""
+    sel = selector.get("matchLabels", selector)
+    return bool(sel) and all(labels.get(k) == v for k, v in sel.items())
+
+
+def with_values(name, **changes):
+    """ci values `name` with top-level keys replaced (deep copies)."""
+    values = copy.deepcopy(ci(name))
+    values.update(copy.deepcopy(changes))
+    return values
+
+
 class Rendered(unittest.TestCase):
     def test_one_pod_with_its_volume_claim(self):
         objs, _ = rendered(ci("default"))
@@ -57,7 +82,7 @@ class Rendered(unittest.TestCase):
             self.assertTrue(sel and all(labels.get(k) == v for k, v in sel.items()), key)
 
     def test_grpc_probes_on_the_configured_numeric_port(self):
-        for name in ("default", "gpu", "monitoring"):
+        for name in ("default", "gpu", "monitoring", "escape-hatches"):
             objs, cfg = rendered(ci(name))
             c = server(objs)
             grpc = port_of(cfg["listen"])
@@ -72,7 +97,9 @@ class Rendered(unittest.TestCase):
                 want["http"] = port_of(cfg["http_listen"])
             self.assertEqual(ports, want)
             svc = {p["name"]: p["port"] for p in objs["Service/lookalike"]["spec"]["ports"]}
-            self.assertEqual(svc, ports)
+            self.assertEqual(svc, {k: v for k, v in ports.items() if k != "admin"})
+            admin = {p["name"]: p["port"] for p in objs["Service/lookalike-admin"]["spec"]["ports"]}
+            self.assertEqual(admin, {"admin": ports["admin"]})
 
     def test_tls_probes_use_http_health_on_the_admin_port(self):
         objs, cfg = rendered(ci("tls-auth"))
@@ -96,7 +123,7 @@ class Rendered(unittest.TestCase):
         self.assertEqual(c["args"], ["--config", mounts["config"] + "/lookalike.toml"])
 
     def test_restricted_security_context(self):
-        for name in ("default", "gpu", "tls-auth"):
+        for name in ("default", "gpu", "tls-auth", "hardened"):
             objs, _ = rendered(ci(name))
             pods = [one(objs, "StatefulSet")["spec"]["template"]["spec"], one(objs, "Pod")["spec"]]
             for pod in pods:
@@ -180,10 +207,11 @@ class Rendered(unittest.TestCase):
         self.assertEqual(sm["metadata"]["labels"]["release"], "prometheus")
         self.assertEqual(sm["spec"]["endpoints"][0]["port"], "admin")
         self.assertEqual(sm["spec"]["endpoints"][0]["path"], "/metrics")
-        svc = objs["Service/lookalike"]
-        self.assertIn("admin", [p["name"] for p in svc["spec"]["ports"]])
-        labels = svc["metadata"]["labels"]
-        self.assertTrue(all(labels.get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items()))
+        admin = objs["Service/lookalike-admin"]
+        self.assertIn("admin", [p["name"] for p in admin["spec"]["ports"]])
+        self.assertTrue(selects(sm["spec"]["selector"], admin["metadata"]["labels"]))
+        # Not the API Service, which has no admin port.
+        self.assertFalse(selects(sm["spec"]["selector"], objs["Service/lookalike"]["metadata"]["labels"]))
 
     def test_http_api_port_only_when_the_config_listens(self):
         for name in ("default", "gpu", "tls-auth"):
@@ -209,6 +237,228 @@ class Rendered(unittest.TestCase):
         env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
         self.assertEqual(env["LOOKALIKE_SERVER"], "http://lookalike.search.svc:50051")
 
+    def test_pods_roll_when_the_config_changes(self):
+        def checksum(values):
+            objs, _ = rendered(values)
+            return annotations(objs).get("checksum/config")
+
+        base = checksum(ci("default"))
+        self.assertRegex(base or "", r"^[0-9a-f]{64}$")
+        self.assertEqual(base, checksum(ci("default")))
+        changed = with_values("default", config={**ci("default").get("config", {}), "log_format": "human"})
+        self.assertNotEqual(base, checksum(changed))
+        # Only the config: other values leave it be.
+        self.assertEqual(base, checksum(with_values("default", podLabels={"team": "search"})))
+        # The config the chart derives (GPU provider) counts too.
+        self.assertNotEqual(base, checksum(with_values("default", gpu={"enabled": True})))
+
+    def test_default_disruption_budget_lets_drains_proceed(self):
+        objs, _ = rendered(ci("default"))
+        pdb = one(objs, "PodDisruptionBudget")
+        self.assertEqual(set(pdb["spec"]), {"maxUnavailable", "selector"})
+        self.assertEqual(pdb["spec"]["maxUnavailable"], 1)
+        self.assertTrue(selects(pdb["spec"]["selector"], one(objs, "StatefulSet")["spec"]["template"]["metadata"]["labels"]))
+        objs, _ = rendered(with_values("default", podDisruptionBudget={"enabled": False}))
+        self.assertFalse([k for k in objs if k.startswith("PodDisruptionBudget/")])
+
+    def test_admin_port_on_its_own_cluster_ip_service(self):
+        cases = [("default", "ClusterIP"), ("hardened", "LoadBalancer"),
+                 ("monitoring", "ClusterIP")]
+        cases.append(("nodeport", "NodePort"))
+        for name, api_type in cases:
+            values = with_values("default", service={"type": "NodePort"}) if name == "nodeport" else ci(name)
+            objs, cfg = rendered(values)
+            labels = one(objs, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+            api, admin = objs["Service/lookalike"], objs["Service/lookalike-admin"]
+            self.assertEqual(api["spec"]["type"], api_type, name)
+            self.assertNotIn("admin", [p["name"] for p in api["spec"]["ports"]], name)
+            self.assertNotIn(port_of(cfg["admin_listen"]), [p["port"] for p in api["spec"]["ports"]], name)
+            self.assertEqual(admin["spec"]["type"], "ClusterIP", name)
+            self.assertEqual(admin["spec"]["ports"], [{
+                "name": "admin", "port": port_of(cfg["admin_listen"]), "targetPort": "admin",
+                "protocol": "TCP", "appProtocol": "http"}], name)
+            self.assertTrue(selects(admin["spec"]["selector"], labels), name)
+            # The governing Service (headless) carries gRPC only, too.
+            headless = objs["Service/lookalike-headless"]["spec"]["ports"]
+            self.assertEqual([p["name"] for p in headless], ["grpc"], name)
+        objs, _ = rendered(ci("hardened"))
+        self.assertEqual(objs["Service/lookalike"]["metadata"]["annotations"],
+                         ci("hardened")["service"]["annotations"])
+        self.assertEqual(objs["Service/lookalike-admin"]["metadata"]["annotations"], {"prometheus.io/scrape": "true"})
+
+    def test_network_policy_only_when_enabled_admin_port_restricted(self):
+        for name in ("default", "tls-auth", "escape-hatches"):
+            objs, _ = rendered(ci(name))
+            self.assertFalse([k for k in objs if k.startswith("NetworkPolicy/")], name)
+        values = ci("hardened")
+        objs, cfg = rendered(values)
+        np = one(objs, "NetworkPolicy")
+        pod_labels = one(objs, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+        test_labels = one(objs, "Pod")["metadata"]["labels"]
+        self.assertTrue(selects(np["spec"]["podSelector"], pod_labels))
+        self.assertEqual(np["spec"]["policyTypes"], ["Ingress"])
+        grpc, admin, http = (port_of(cfg[k]) for k in ("listen", "admin_listen", "http_listen"))
+        rules = {tuple(sorted(p["port"] for p in r["ports"])): r for r in np["spec"]["ingress"]}
+        self.assertEqual(set(rules), {tuple(sorted((grpc, http))), (admin,)})
+        for r in np["spec"]["ingress"]:
+            self.assertTrue(r.get("ports"), "a rule without ports opens every port")
+            self.assertTrue(r.get("from"), "a rule without peers admits any source")
+        self.assertEqual(rules[(admin,)]["from"], values["networkPolicy"]["adminFrom"])
+        api_from = rules[tuple(sorted((grpc, http)))]["from"]
+        self.assertEqual(api_from[:-1], values["networkPolicy"]["apiFrom"])
+        # The helm test pod reaches the API, and the peer admitting it is
+        # not one the server pod's labels satisfy.
+        self.assertTrue(selects(api_from[-1]["podSelector"], test_labels))
+        self.assertFalse(selects(api_from[-1]["podSelector"], pod_labels))
+        self.assertEqual(set(api_from[-1]), {"podSelector"})
+
+        # adminFrom [] admits no pod to the admin port: no rule names it.
+        closed = copy.deepcopy(values)
+        closed["networkPolicy"]["adminFrom"] = []
+        objs, _ = rendered(closed)
+        ingress = one(objs, "NetworkPolicy")["spec"]["ingress"]
+        self.assertNotIn(admin, [p["port"] for r in ingress for p in r["ports"]])
+        # apiFrom [] admits any source to the API ports, still not to admin.
+        anyone = copy.deepcopy(values)
+        anyone["networkPolicy"]["apiFrom"] = []
+        objs, _ = rendered(anyone)
+        ingress = one(objs, "NetworkPolicy")["spec"]["ingress"]
+        api_rule = next(r for r in ingress if grpc in [p["port"] for p in r["ports"]])
+        self.assertNotIn("from", api_rule)
+        self.assertNotIn(admin, [p["port"] for p in api_rule["ports"]])
+        # Enabled with the defaults: the monitoring namespace scrapes.
+        objs, _ = rendered(with_values("default", networkPolicy={"enabled": True}))
+        ingress = one(objs, "NetworkPolicy")["spec"]["ingress"]
+        admin_rule = next(r for r in ingress if 9090 in [p["port"] for p in r["ports"]])
+        self.assertEqual(admin_rule["from"], [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}])
+
+    def test_ingress_routes_the_http_port(self):
+        for name in ("default", "monitoring", "escape-hatches"):
+            objs, _ = rendered(ci(name))
+            self.assertFalse([k for k in objs if k.startswith("Ingress/")], name)
+        values = ci("hardened")
+        objs, _ = rendered(values)
+        ing = one(objs, "Ingress")
+        self.assertEqual(ing["spec"]["ingressClassName"], "nginx")
+        self.assertEqual(ing["metadata"]["annotations"], values["ingress"]["annotations"])
+        self.assertEqual(ing["spec"]["tls"], values["ingress"]["tls"])
+        [rule] = ing["spec"]["rules"]
+        self.assertEqual(rule["host"], "search.example.com")
+        [path] = rule["http"]["paths"]
+        self.assertEqual((path["path"], path["pathType"]), ("/", "Prefix"))
+        backend = path["backend"]["service"]
+        self.assertIn("Service/" + backend["name"], objs)
+        api_ports = [p["name"] for p in objs["Service/" + backend["name"]]["spec"]["ports"]]
+        self.assertEqual(backend["port"], {"name": "http"})
+        self.assertIn("http", api_ports)
+
+    def test_thread_budget_follows_the_cpu_request(self):
+        objs, _ = rendered(ci("default"))
+        env = {e["name"]: e for e in server(objs).get("env", [])}
+        field = env["LOOKALIKE_CPUS"]["valueFrom"]["resourceFieldRef"]
+        self.assertEqual(
+            field, {"containerName": "lookalike", "resource": "requests.cpu", "divisor": "1"}
+        )
+        self.assertEqual(server(objs)["name"], "lookalike")
+        # Helm merges values into the chart's: null removes the request.
+        values = with_values("default", resources={"requests": {"cpu": None}})
+        objs, _ = rendered(values)
+        names = [e["name"] for e in server(objs).get("env", [])]
+        self.assertNotIn("LOOKALIKE_CPUS", names)
+
+    def test_escape_hatches_reach_the_pod(self):
+        values = ci("escape-hatches")
+        objs, _ = rendered(values)
+        pod, c = pod_spec(objs), server(objs)
+        env = [e for e in c["env"] if e["name"] != "LOOKALIKE_CPUS"]
+        self.assertEqual(env, values["extraEnv"])
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for v in values["extraVolumes"]:
+            self.assertEqual(volumes[v["name"]], v)
+        for m in values["extraVolumeMounts"]:
+            self.assertIn(m, c["volumeMounts"])
+        self.assertEqual(pod["containers"][0]["name"], "lookalike")
+        self.assertEqual(pod["containers"][1:], values["sidecars"])
+        self.assertEqual(pod["initContainers"], values["initContainers"])
+        self.assertEqual(c["startupProbe"]["timeoutSeconds"], 3)
+        self.assertEqual(c["startupProbe"]["failureThreshold"], 90)
+        self.assertEqual(c["readinessProbe"]["timeoutSeconds"], 2)
+        # A timing not overridden keeps the chart's default.
+        self.assertEqual(c["readinessProbe"]["periodSeconds"], 10)
+        self.assertEqual(c["livenessProbe"]["periodSeconds"], 30)
+        objs, _ = rendered(ci("default"))
+        pod, c = pod_spec(objs), server(objs)
+        self.assertEqual([e["name"] for e in c["env"]], ["LOOKALIKE_CPUS"])
+        self.assertNotIn("initContainers", pod)
+        self.assertEqual(len(pod["containers"]), 1)
+        self.assertEqual({p: c[p + "Probe"]["timeoutSeconds"] for p in ("startup", "readiness", "liveness")},
+                         {"startup": 1, "readiness": 1, "liveness": 1})
+        self.assertNotIn("priorityClassName", pod)
+        self.assertNotIn("runtimeClassName", pod)
+        objs, _ = rendered(ci("hardened"))
+        for spec in (pod_spec(objs), one(objs, "Pod")["spec"]):
+            self.assertEqual(spec["priorityClassName"], "search-critical")
+            self.assertEqual(spec["runtimeClassName"], "gvisor")
+
+    def test_existing_claim_replaces_the_claim_template(self):
+        objs, cfg = rendered(ci("escape-hatches"))
+        sts = one(objs, "StatefulSet")
+        self.assertNotIn("volumeClaimTemplates", sts["spec"])
+        volumes = {v["name"]: v for v in pod_spec(objs)["volumes"]}
+        self.assertEqual(volumes["data"], {"name": "data", "persistentVolumeClaim": {"claimName": "lookalike-data-restored"}})
+        mounts = {m["name"]: m["mountPath"] for m in server(objs)["volumeMounts"]}
+        self.assertEqual(mounts["data"], cfg["data_dir"])
+        objs, _ = rendered(ci("default"))
+        self.assertNotIn("data", [v["name"] for v in pod_spec(objs)["volumes"]])
+        self.assertEqual([t["metadata"]["name"] for t in one(objs, "StatefulSet")["spec"]["volumeClaimTemplates"]], ["data"])
+
+    def test_security_context_overrides_drop_the_fixed_ids(self):
+        objs, _ = rendered(ci("escape-hatches"))
+        for pod in (pod_spec(objs), one(objs, "Pod")["spec"]):
+            sc = pod["securityContext"]
+            for key in ("runAsUser", "runAsGroup", "fsGroup"):
+                self.assertNotIn(key, sc)
+            self.assertTrue(sc["runAsNonRoot"])
+            self.assertEqual(sc["seccompProfile"], {"type": "RuntimeDefault"})
+            self.assertTrue(pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"])
+        objs, _ = rendered(ci("default"))
+        self.assertEqual(pod_spec(objs)["securityContext"]["runAsUser"], 10001)
+        # A null where the chart has no default, and a uid of one's own.
+        values = with_values("default", containerSecurityContext={"runAsUser": None, "readOnlyRootFilesystem": None},
+                             podSecurityContext={"runAsUser": 1000700000})
+        objs, _ = rendered(values)
+        for pod in (pod_spec(objs), one(objs, "Pod")["spec"]):
+            self.assertEqual(pod["securityContext"]["runAsUser"], 1000700000)
+            sc = pod["containers"][0]["securityContext"]
+            self.assertNotIn("runAsUser", sc)
+            self.assertNotIn("readOnlyRootFilesystem", sc)
+            self.assertEqual(sc["capabilities"], {"drop": ["ALL"]})
+
+    def test_pods_roll_when_the_tls_secret_changes(self):
+        def checksum(values):
+            objs, _ = rendered(values)
+            return annotations(objs).get("checksum/tls")
+
+        for name in ("default", "monitoring"):
+            self.assertIsNone(checksum(ci(name)), name)
+        values = ci("tls-auth")
+        base = checksum(values)
+        self.assertRegex(base or "", r"^[0-9a-f]{64}$")
+        self.assertEqual(base, checksum(copy.deepcopy(values)))
+        other = copy.deepcopy(values)
+        other["tls"]["secretName"] = "lookalike-tls-2"
+        self.assertNotEqual(base, checksum(other))
+        self.assertRegex(checksum(ci("hardened")) or "", r"^[0-9a-f]{64}$")
+
+    def test_helm_test_pod_uses_the_pull_secrets(self):
+        objs, _ = rendered(ci("default"))
+        self.assertNotIn("imagePullSecrets", one(objs, "Pod")["spec"])
+        objs, _ = rendered(ci("hardened"))
+        want = [{"name": "registry-example"}]
+        self.assertEqual(one(objs, "Pod")["spec"]["imagePullSecrets"], want)
+        self.assertEqual(pod_spec(objs)["imagePullSecrets"], want)
+        self.assertEqual(one(objs, "Pod")["spec"]["containers"][0]["image"], server(objs)["image"])
+
 
 class Refused(unittest.TestCase):
     def assert_refused(self, values, error=helm.HelmValuesError):
@@ -227,9 +477,38 @@ class Refused(unittest.TestCase):
         self.assert_refused({"persistence": {"size": "lots"}})
         self.assert_refused({"surprise": True})
 
+    def test_escape_hatches_keep_kubernetes_shapes(self):
+        self.assert_refused({"extraEnv": [{"value": "no name"}]})
+        self.assert_refused({"extraEnv": [{"name": "A", "valu": "typo"}]})
+        self.assert_refused({"extraEnv": [{"name": "A", "value": 1}]})
+        self.assert_refused({"extraVolumes": [{"name": "only-a-name"}]})
+        self.assert_refused({"extraVolumes": [{"name": "Bad_Name", "emptyDir": {}}]})
+        self.assert_refused({"extraVolumeMounts": [{"name": "x", "mountPath": "relative"}]})
+        self.assert_refused({"extraVolumeMounts": [{"name": "x", "mountPath": "/x", "readonly": True}]})
+        self.assert_refused({"sidecars": [{"name": "no-image"}]})
+        self.assert_refused({"podSecurityContext": {"runAsUSer": 1}})
+        self.assert_refused({"podSecurityContext": {"runAsUser": "1000"}})
+        self.assert_refused({"containerSecurityContext": {"readOnlyRootFilesystem": "yes"}})
+        self.assert_refused({"probes": {"readiness": {"timeoutSeconds": 0}}})
+        self.assert_refused({"probes": {"readiness": {"initialDelay": 5}}})
+        self.assert_refused({"persistence": {"existingClaim": 5}})
+        self.assert_refused({"priorityClassName": 1})
+
+    def test_network_and_ingress_values_are_checked(self):
+        self.assert_refused({"networkPolicy": {"enabled": "true"}})
+        self.assert_refused({"networkPolicy": {"adminFrom": [{"namespace": "monitoring"}]}})
+        self.assert_refused({"networkPolicy": {"apiFrom": [{}]}})
+        self.assert_refused({"networkPolicy": {"apiFrom": [{"ipBlock": {"except": ["10.0.0.0/8"]}}]}})
+        self.assert_refused({"ingress": {"hosts": [{"host": "a.example"}]}})
+        self.assert_refused({"ingress": {"hosts": [{"host": "a.example", "paths": [{"path": "/", "pathType": "Regex"}]}]}})
+        self.assert_refused({"adminService": {"type": "LoadBalancer"}})
+
     def test_inconsistent_values_fail_in_templates(self):
         self.assert_refused({"terminationGracePeriodSeconds": 10}, helm.HelmRenderError)
         self.assert_refused({"apiKeys": {"enabled": True}}, helm.HelmRenderError)
+        # An Ingress needs the HTTP/JSON port to route to.
+        self.assert_refused({"ingress": {"enabled": True}}, helm.HelmRenderError)
+        self.assert_refused({"extraVolumes": [{"name": "data", "emptyDir": {}}]}, helm.HelmRenderError)
 
     def test_kubernetes_schemas_are_strict(self):
         objs, _ = rendered(ci("default"))
@@ -238,6 +517,30 @@ class Refused(unittest.TestCase):
         sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpcPort"] = 1
         with self.assertRaises(kubernetes_validate.ValidationError):
             kubernetes_validate.validate(sts, "1.27.0", strict=True)
+
+
+
+class Dockerfile(unittest.TestCase):
+    TEXT = (pathlib.Path(__file__).resolve().parent / "Dockerfile").read_text()
+
+    def final_stage(self):
+        return self.TEXT[self.TEXT.rindex("\nFROM "):]
+
+    def test_health_check_runs_the_health_subcommand(self):
+        m = re.search(r"^HEALTHCHECK (.*?)CMD (\[.*\])$", self.final_stage().replace("\\\n", " "), re.M)
+        self.assertIsNotNone(m)
+        self.assertEqual(check_chart.yaml.safe_load(m.group(2)), ["/usr/local/bin/lookalike", "health"])
+        # Long enough for the model and the galleries to load.
+        self.assertIn("--start-period=5m", m.group(1))
+
+    def test_oci_labels(self):
+        labels = dict(re.findall(r'(org\.opencontainers\.image\.[a-z]+)="([^"]*)"', self.final_stage()))
+        self.assertEqual(labels["org.opencontainers.image.title"], "lookalike")
+        self.assertEqual(labels["org.opencontainers.image.licenses"], "MIT OR Apache-2.0")
+        self.assertEqual(labels["org.opencontainers.image.version"], "${VERSION}")
+        for key in ("description", "source", "revision"):
+            self.assertIn("org.opencontainers.image." + key, labels)
+        self.assertIn("\nARG VERSION\n", self.final_stage())
 
 
 if __name__ == "__main__":

@@ -71,6 +71,57 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
+A checksum of a Secret the chart does not create, for a pod template
+annotation: its name, a revision value and its data, read from the cluster
+with lookup where Helm can reach it (install, upgrade). Renderers without
+cluster access (helm template, most GitOps tools) see no data: the name and
+the revision are all they hash.
+Usage: include "lookalike.secretChecksum" (dict "ctx" $ "name" NAME "revision" REV)
+*/}}
+{{- define "lookalike.secretChecksum" -}}
+{{- $secret := lookup "v1" "Secret" .ctx.Release.Namespace .name }}
+{{- printf "%s/%v/%s" .name .revision (toJson (dig "data" dict $secret)) | sha256sum }}
+{{- end }}
+
+{{/*
+What tells the helm test pod apart from the server pod (both carry the
+chart's labels): the NetworkPolicy admits it to the API ports.
+*/}}
+{{- define "lookalike.testComponent" -}}
+app.kubernetes.io/component: test
+{{- end }}
+
+{{/*
+YAML with indented sequences (toYamlPretty, Helm 3.17+), the style the
+rendered manifests keep (yamllint); older Helm gets toYaml, equally valid.
+tpl keeps the function name out of the template's parse on old Helm.
+Usage: include "lookalike.toYaml" (dict "ctx" $ "value" V)
+*/}}
+{{- define "lookalike.toYaml" -}}
+{{- if semverCompare ">=3.17.0-0" .ctx.Capabilities.HelmVersion.Version }}
+{{- tpl "{{ toYamlPretty .value }}" (dict "value" .value) }}
+{{- else }}
+{{- toYaml .value }}
+{{- end }}
+{{- end }}
+
+{{/*
+A security context from values: keys set to null are dropped (Helm
+deletes null overrides of defaults already; this also covers a null
+given where the chart has no default).
+Usage: include "lookalike.securityContext" (dict "ctx" $ "value" V)
+*/}}
+{{- define "lookalike.securityContext" -}}
+{{- $out := dict }}
+{{- range $k, $v := .value }}
+{{- if not (kindIs "invalid" $v) }}
+{{- $_ := set $out $k $v }}
+{{- end }}
+{{- end }}
+{{- include "lookalike.toYaml" (dict "ctx" .ctx "value" $out) }}
+{{- end }}
+
+{{/*
 The config the server runs with: .Values.config plus what the chart's own
 settings imply (GPU provider, TLS files, API-key folder).
 */}}
