@@ -14,14 +14,13 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::api::health::Health;
-use crate::embed::Engine;
-use crate::gallery::Galleries;
+use crate::query::service::Service;
 use crate::telemetry::metrics;
 
 #[derive(Clone)]
 pub struct Admin {
-    pub engine: Arc<Engine>,
-    pub galleries: Arc<Galleries>,
+    /// The server's one service, as the gRPC and HTTP ports have it.
+    pub service: Arc<Service>,
     pub health: Health,
 }
 
@@ -56,12 +55,12 @@ async fn healthz(State(a): State<Admin>) -> impl IntoResponse {
 
 async fn scrape(State(a): State<Admin>) -> impl IntoResponse {
     let m = metrics();
-    m.queue_depth.set(a.engine.in_flight() as i64);
+    m.queue_depth.set(a.service.engine.in_flight() as i64);
     // Rebuilt each scrape so dropped galleries disappear.
     m.gallery_items.reset();
     m.gallery_stale_items.reset();
     m.gallery_tombstones.reset();
-    for g in a.galleries.list() {
+    for g in a.service.galleries.list() {
         let s = g.stats();
         let name = [s.name.as_str()];
         m.gallery_items.with_label_values(&name).set(s.count as i64);

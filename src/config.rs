@@ -56,7 +56,14 @@ pub struct Config {
     pub search: crate::query::admission::AdmissionConfig,
     /// Bounds on an item's metadata.
     pub metadata: MetadataLimits,
-    /// TLS on the gRPC port; plaintext when unset.
+    /// Cores this server plans its threads for: ONNX Runtime's
+    /// `embed.intra_threads`, `search.max_running`, and the scan and
+    /// refresh pools, where those are 0. 0 = detect: the cgroup CPU quota
+    /// (a Kubernetes CPU limit) or else every core the process may run on.
+    /// A pod with a CPU request and no limit sees the node's cores; the
+    /// Helm chart sets `LOOKALIKE_CPUS` from the request instead.
+    pub cpus: usize,
+    /// TLS on the gRPC and HTTP ports; plaintext when unset.
     pub tls: Option<crate::security::TlsFiles>,
     pub auth: crate::security::AuthConfig,
 }
@@ -159,6 +166,7 @@ impl Default for Config {
             post_processing: PostProcessingDefaults::default(),
             search: Default::default(),
             metadata: MetadataLimits::default(),
+            cpus: 0,
             tls: None,
             auth: crate::security::AuthConfig::default(),
         }
@@ -205,6 +213,27 @@ impl Config {
     }
 
     /// Rejects settings that would fail later in less obvious ways.
+    /// The cores to plan for: `cpus`, else what the process may use
+    /// (std reads the cgroup v1/v2 CPU quota and the affinity mask).
+    pub fn cpu_budget(&self) -> usize {
+        match self.cpus {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// Settles the thread counts left at 0 on the CPU budget, so every
+    /// pool agrees on it; explicit values stay.
+    pub fn settle_threads(&mut self) {
+        let cpus = self.cpu_budget();
+        if self.embed.intra_threads == 0 {
+            self.embed.intra_threads = cpus;
+        }
+        if self.search.max_running == 0 {
+            self.search.max_running = cpus;
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if !(2..=255).contains(&self.index.m) {

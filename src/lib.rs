@@ -1,7 +1,10 @@
 //! lookalike: image retrieval over gRPC. Images are embedded by an ONNX
 //! ensemble ([`embed`]), kept in durable named galleries ([`store`],
-//! [`gallery`]) indexed by HNSW ([`index`]), and served by [`api`].
-//! [`rerank`] holds the post-processing stages, [`eval`] the metrics.
+//! [`gallery`]) indexed by HNSW ([`index`]), handled transport-free by
+//! [`query`] (one `query::service::Service` per server) and served over
+//! gRPC ([`api`]), HTTP/JSON ([`http`]) and the admin port ([`admin`]),
+//! all bound by [`server`]. [`rerank`] holds the post-processing stages,
+//! [`eval`] the metrics.
 //! Definitions of every stage: `shared/spec/retrieval-pipeline.md`.
 
 pub mod admin;
@@ -17,5 +20,6 @@ pub mod model;
 pub mod query;
 pub mod rerank;
 pub mod security;
+pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -11,6 +11,7 @@ use lookalike::config::{Config, LogFormat};
 use lookalike::embed::runtime::ProviderChoice;
 use lookalike::embed::Engine;
 use lookalike::gallery::Galleries;
+use lookalike::query::service::Service;
 use lookalike::security::auth::ApiKeys;
 
 #[derive(Parser)]
@@ -86,6 +87,10 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "LOOKALIKE_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Cores to plan threads for (0 or unset: the cgroup quota, else every
+    /// core); the Helm chart passes the container's CPU request.
+    #[arg(long, env = "LOOKALIKE_CPUS")]
+    cpus: Option<usize>,
 }
 
 fn parse_provider(s: &str) -> Result<ProviderChoice, String> {
@@ -171,8 +176,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.log_format {
         cfg.log_format = v;
     }
+    if let Some(v) = args.cpus {
+        cfg.cpus = v;
+    }
     cfg.validate()?;
+    cfg.settle_threads();
     let _exporter = init_logging(cfg.log_format)?;
+    let cpus = cfg.cpu_budget();
+    // Refreshes (neighbour lists, DBA) run on rayon's global pool and the
+    // exact scan on a pool of the same size: both follow the budget.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(cpus)
+        .build_global()
+        .context("starting the refresh thread pool")?;
+    lookalike::index::flat::set_scan_threads(cpus);
+    lookalike::telemetry::metrics().cpu_budget.set(cpus as i64);
+    tracing::info!(
+        cpus,
+        intra_threads = cfg.embed.intra_threads,
+        search_max_running = cfg.search.max_running,
+        "cpu budget"
+    );
     let keys = ApiKeys::load(&cfg.auth, |var| std::env::var(var).ok())?;
     if keys.is_none() {
         tracing::warn!("no API keys configured: every client may read and write");
@@ -208,9 +232,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         signalled.notify_one();
     };
     let galleries = Arc::new(galleries);
-    let bound =
-        lookalike::api::server::bind(&cfg, Arc::new(engine), galleries.clone(), keys, shutdown)
-            .await?;
+    let service = Service::new(Arc::new(engine), galleries.clone(), &cfg);
+    let bound = lookalike::server::bind(&cfg, service, keys, shutdown).await?;
     let (addr, server) = (bound.addr, bound.serve);
     // Tests and scripts wait for these lines to know the ports; the
     // admin and HTTP lines come first.

@@ -340,6 +340,81 @@ fn write_keys(dir: &Path) {
     std::fs::write(dir.join("read-only"), "ro-key-from-file\n").unwrap();
 }
 
+/// Whether a fresh TLS connection trusting `pki`'s CA gets a gRPC answer.
+async fn tls_health_ok(addr: &str, pki: &Pki) -> bool {
+    let port = addr.rsplit(':').next().unwrap();
+    let Ok(endpoint) = Endpoint::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(client_tls(pki, false))
+    else {
+        return false;
+    };
+    let Ok(channel) = endpoint.connect().await else {
+        return false;
+    };
+    HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: RETRIEVAL.into(),
+        })
+        .await
+        .is_ok()
+}
+
+/// A renewed certificate (new files in place, as a Secret update writes
+/// them) serves new connections without a restart; a broken renewal
+/// leaves the previous one serving.
+#[tokio::test]
+async fn renewed_tls_certificates_are_served_without_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let (old, new) = (Pki::new(), Pki::new());
+    let (cert, key) = (data.path().join("tls.crt"), data.path().join("tls.key"));
+    let install = |pki: &Pki| {
+        std::fs::write(&key, pki.read("server.key")).unwrap();
+        std::fs::write(&cert, pki.read("server.pem")).unwrap();
+    };
+    install(&old);
+    let config = format!(
+        "admin_listen = \"127.0.0.1:0\"\n[tls]\ncert = {cert:?}\nkey = {key:?}\nreload_check_s = 1\n"
+    );
+    let server = Server::start(data.path(), &config);
+    let admin = server.admin.clone().expect("admin port");
+    let reloads =
+        |s: &Scrape, result: &str| s.sum("lookalike_tls_reloads_total", &[("result", result)]);
+    assert!(tls_health_ok(&server.addr, &old).await);
+    assert!(!tls_health_ok(&server.addr, &new).await, "not trusted yet");
+
+    install(&new);
+    // The server checks every second; wait for it, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while reloads(&Scrape::take(&admin).await, "reloaded") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        tls_health_ok(&server.addr, &new).await,
+        "the renewed certificate"
+    );
+    assert!(
+        !tls_health_ok(&server.addr, &old).await,
+        "the old one is gone"
+    );
+
+    // A key that does not match: refused, counted, the last good pair stays.
+    std::fs::write(&key, old.read("client.key")).unwrap();
+    while reloads(&Scrape::take(&admin).await, "failed") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed reload within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(tls_health_ok(&server.addr, &new).await);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn tls_client_certificates_and_api_keys() {
     let data = tempfile::tempdir().unwrap();

@@ -1,8 +1,7 @@
-//! The `lookalike.v1.Retrieval` handlers: validate, call the engine and
-//! the galleries, convert. Blocking work (store commits, searches) runs on
-//! tokio's blocking pool.
+//! The `lookalike.v1.Retrieval` handlers: convert, call the shared
+//! [`Service`], convert back. Blocking work (store commits, searches) runs
+//! on tokio's blocking pool inside the service.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -12,73 +11,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::{self, retrieval_server::Retrieval};
-use crate::config::Config;
-use crate::embed::Engine;
-use crate::gallery::{Galleries, Gallery, Metadata};
-use crate::query::item::Preparer;
-use crate::query::search::{Options, Searcher};
+use super::{convert, ingest};
+use crate::query::service::Service;
 use crate::query::{checks, gallery};
 
-use super::{convert, ingest};
-
 pub struct RetrievalService {
-    engine: Arc<Engine>,
-    galleries: Arc<Galleries>,
-    searcher: Searcher,
-    max_batch_queries: usize,
-    preparer: Preparer,
+    service: Arc<Service>,
 }
 
 impl RetrievalService {
-    pub fn new(engine: Arc<Engine>, galleries: Arc<Galleries>, cfg: &Config) -> Self {
-        Self {
-            searcher: Searcher::new(engine.clone(), cfg),
-            engine: engine.clone(),
-            galleries,
-            max_batch_queries: cfg.max_batch_queries,
-            preparer: Preparer {
-                engine: engine.clone(),
-                metadata: cfg.metadata,
-                thumbnails: cfg.thumbnails.clone(),
-            },
-        }
+    pub fn new(service: Arc<Service>) -> Self {
+        Self { service }
     }
-
-    fn gallery(&self, name: &str) -> Result<Arc<Gallery>, Status> {
-        Ok(self.galleries.get(name)?)
-    }
-
-    fn stats(&self, g: &Gallery) -> pb::GalleryStatsResponse {
-        let s = g.stats();
-        let cal = s.index.calibration;
-        pb::GalleryStatsResponse {
-            gallery: s.name,
-            count: s.count as u64,
-            dims: s.meta.dims,
-            model_fingerprint: s.meta.model_fingerprint,
-            execution_provider: self.engine.provider().name().to_string(),
-            index: Some(pb::IndexState {
-                points: s.index.points as u64,
-                tombstones: s.tombstones as u64,
-                rebuilding: s.index.rebuilding,
-                generation: s.index.generation,
-                stale_items: s.stale_items,
-                post_processing_generation: s.post_generation,
-                dba: s.dba,
-                graph: s.index.built,
-                projection_components: s.projection_components as u32,
-                default_ef: g.default_ef() as u32,
-                calibrated_recall: cal.map_or(0.0, |c| c.recall),
-                calibration_sample: cal.map_or(0, |c| c.sample as u32),
-                target_recall_reached: cal.is_some_and(|c| c.reached),
-                build_seconds: cal.map_or(0.0, |c| c.build_seconds),
-            }),
-        }
-    }
-}
-
-fn to_metadata(m: HashMap<String, String>) -> Metadata {
-    m.into_iter().collect()
 }
 
 #[tonic::async_trait]
@@ -90,11 +34,7 @@ impl Retrieval for RetrievalService {
         request: Request<Streaming<pb::AddItem>>,
     ) -> Result<Response<Self::AddToGalleryStream>, Status> {
         let (tx, rx) = mpsc::channel(64);
-        let ctx = ingest::Ingest {
-            preparer: self.preparer.clone(),
-            galleries: self.galleries.clone(),
-        };
-        tokio::spawn(ctx.run(request.into_inner(), tx));
+        tokio::spawn(ingest::run(self.service.clone(), request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -102,33 +42,10 @@ impl Retrieval for RetrievalService {
         &self,
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
-        let req = request.into_inner();
-        let g = self.gallery(&req.gallery)?;
-        let opts = Options {
-            top_k: req.top_k,
-            ef_search: req.ef_search,
-            exact: req.exact,
-            filter: to_metadata(req.filter),
-            post: convert::post(req.post_processing),
-        };
-        let found = self
-            .searcher
-            .search(g, convert::query(req.query)?, opts)
-            .await?;
-        let hits = found
-            .hits
-            .into_iter()
-            .map(|h| pb::Hit {
-                id: h.id,
-                distance: h.distance,
-                metadata: h.metadata.into_iter().collect(),
-            })
-            .collect();
-        Ok(Response::new(pb::SearchResponse {
-            hits,
-            timings: convert::timings(found.timings),
-            stages: found.stages,
-        }))
+        let (gallery, query, opts) = convert::search_request(request.into_inner());
+        let g = self.service.gallery(&gallery)?;
+        let found = self.service.searcher.search(g, query?, opts).await?;
+        Ok(Response::new(convert::found(found)))
     }
 
     type SearchBatchStream =
@@ -139,15 +56,11 @@ impl Retrieval for RetrievalService {
         request: Request<Streaming<pb::SearchBatchRequest>>,
     ) -> Result<Response<Self::SearchBatchStream>, Status> {
         let (tx, rx) = mpsc::channel(64);
-        let batch = super::batch::Batch {
-            engine: self.engine.clone(),
-            galleries: self.galleries.clone(),
-            default_top_k: self.searcher.default_top_k,
-            max_top_k: self.searcher.max_top_k,
-            max_queries: self.max_batch_queries,
-            admission: self.searcher.admission.clone(),
-        };
-        tokio::spawn(batch.run(request.into_inner(), tx));
+        tokio::spawn(super::batch::run(
+            self.service.clone(),
+            request.into_inner(),
+            tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -155,10 +68,10 @@ impl Retrieval for RetrievalService {
         &self,
         request: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
-        let req = request.into_inner();
-        let g = self.gallery(&req.gallery)?;
-        let n = req.ids.len();
-        let not_found = gallery::remove(g, req.ids).await?;
+        let pb::RemoveRequest { gallery, ids } = request.into_inner();
+        let g = self.service.gallery(&gallery)?;
+        let n = ids.len();
+        let not_found = gallery::remove(g, ids).await?;
         Ok(Response::new(pb::RemoveResponse {
             removed: (n - not_found.len()) as u64,
             not_found,
@@ -169,15 +82,19 @@ impl Retrieval for RetrievalService {
         &self,
         request: Request<pb::GetItemRequest>,
     ) -> Result<Response<pb::Item>, Status> {
-        let req = request.into_inner();
-        let g = self.gallery(&req.gallery)?;
-        let e = checks::item(&g, &req.id)?;
-        let descriptor = req.include_descriptor.then(|| pb::Descriptor {
+        let pb::GetItemRequest {
+            gallery,
+            id,
+            include_descriptor,
+        } = request.into_inner();
+        let g = self.service.gallery(&gallery)?;
+        let e = checks::item(&g, &id)?;
+        let descriptor = include_descriptor.then(|| pb::Descriptor {
             values: e.vector.to_vec(),
             model_fingerprint: g.meta().model_fingerprint.clone(),
         });
         Ok(Response::new(pb::Item {
-            id: req.id,
+            id,
             metadata: e.metadata.into_iter().collect(),
             descriptor,
         }))
@@ -187,9 +104,13 @@ impl Retrieval for RetrievalService {
         &self,
         request: Request<pb::ListItemsRequest>,
     ) -> Result<Response<pb::ListItemsResponse>, Status> {
-        let req = request.into_inner();
-        let g = self.gallery(&req.gallery)?;
-        let (page, next_page_token) = gallery::page(&g, req.page_size, &req.page_token)?;
+        let pb::ListItemsRequest {
+            gallery,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let g = self.service.gallery(&gallery)?;
+        let (page, next_page_token) = gallery::page(&g, page_size, &page_token)?;
         let items = page
             .into_iter()
             .map(|(id, e)| pb::Item {
@@ -208,30 +129,27 @@ impl Retrieval for RetrievalService {
         &self,
         request: Request<pb::GalleryStatsRequest>,
     ) -> Result<Response<pb::GalleryStatsResponse>, Status> {
-        let g = self.gallery(&request.into_inner().gallery)?;
-        Ok(Response::new(self.stats(&g)))
+        let pb::GalleryStatsRequest { gallery } = request.into_inner();
+        let g = self.service.gallery(&gallery)?;
+        Ok(Response::new(convert::stats(self.service.stats(&g))))
     }
 
     async fn embed(
         &self,
         request: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
-        let (values, t) = self.engine.embed(request.into_inner().image).await?;
-        Ok(Response::new(pb::EmbedResponse {
-            descriptor: Some(pb::Descriptor {
-                values,
-                model_fingerprint: self.engine.fingerprint().to_string(),
-            }),
-            timings: convert::timings(vec![("decode".into(), t.decode), ("embed".into(), t.infer)]),
-        }))
+        let pb::EmbedRequest { image } = request.into_inner();
+        Ok(Response::new(convert::embedded(
+            self.service.embed(image).await?,
+        )))
     }
 
     async fn create_gallery(
         &self,
         request: Request<pb::CreateGalleryRequest>,
     ) -> Result<Response<pb::CreateGalleryResponse>, Status> {
-        let name = request.into_inner().gallery;
-        let g = gallery::create(&self.engine, &self.galleries, name).await?;
+        let pb::CreateGalleryRequest { gallery } = request.into_inner();
+        let g = self.service.create_gallery(gallery).await?;
         Ok(Response::new(pb::CreateGalleryResponse {
             model_fingerprint: g.meta().model_fingerprint.clone(),
             dims: g.meta().dims,
@@ -242,8 +160,9 @@ impl Retrieval for RetrievalService {
         &self,
         request: Request<pb::DropGalleryRequest>,
     ) -> Result<Response<pb::DropGalleryResponse>, Status> {
-        let n = gallery::drop(&self.galleries, request.into_inner().gallery).await?;
-        Ok(Response::new(pb::DropGalleryResponse { removed_items: n }))
+        let pb::DropGalleryRequest { gallery } = request.into_inner();
+        let removed_items = self.service.drop_gallery(gallery).await?;
+        Ok(Response::new(pb::DropGalleryResponse { removed_items }))
     }
 
     async fn list_galleries(
@@ -251,10 +170,10 @@ impl Retrieval for RetrievalService {
         _: Request<pb::ListGalleriesRequest>,
     ) -> Result<Response<pb::ListGalleriesResponse>, Status> {
         let galleries = self
-            .galleries
-            .list()
-            .iter()
-            .map(|g| self.stats(g))
+            .service
+            .list_stats()
+            .into_iter()
+            .map(convert::stats)
             .collect();
         Ok(Response::new(pb::ListGalleriesResponse { galleries }))
     }

@@ -1,5 +1,7 @@
-//! Client commands of the `lookalike` binary: they talk to a running
-//! server over gRPC, like any application would.
+//! The `lookalike` binary's commands besides `serve`: the clients (`add`,
+//! `search`, `search-batch`, `rm`, `stats`, `health`, `eval --service`)
+//! talk to a running server over gRPC, like any application would;
+//! `eval` without a server and `model` work on files alone.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

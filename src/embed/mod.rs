@@ -112,6 +112,13 @@ pub struct EmbedTimings {
     pub infer: Duration,
 }
 
+impl EmbedTimings {
+    /// As responses report them: `decode`, then `embed`.
+    pub fn stages(&self) -> [(&'static str, Duration); 2] {
+        [("decode", self.decode), ("embed", self.infer)]
+    }
+}
+
 /// The batch limit for `configured` (0: by provider). On CUDA batches
 /// pay; on the CPU they cost: ONNX Runtime already spreads one image over
 /// every core, and 16 in flight embedded 15% faster one at a time than in

@@ -194,10 +194,7 @@ impl Gallery {
             let ix = snap.indexed()?;
             Some(projection::pad(ix.row(r).iter().copied(), dims).into())
         };
-        let new_space = !same_space(
-            self.state.read().projection.as_ref(),
-            snap.projection.as_ref(),
-        );
+        let new_space = !same_space(self.state.read().projection(), snap.projection.as_ref());
         let updates: Vec<(u64, Vector)> = if new_space {
             let state = self.state.read();
             state
@@ -220,8 +217,7 @@ impl Gallery {
             Vec::new()
         };
         let publish = |state: &mut State| {
-            state.projection = snap.projection.clone();
-            state.covered_up_to(writes_at);
+            state.publish(snap.projection.clone(), writes_at);
             *self.post.write() = Some(snap.clone());
         };
         if updates.is_empty() {

@@ -97,8 +97,10 @@ pub struct Entry {
     pub metadata: Metadata,
     /// The raw unit descriptor (what GetItem returns).
     pub vector: Vector,
-    /// What the index holds: the DBA vector once a refresh has computed
-    /// it, the raw descriptor before that or with DBA off.
+    /// What the index and the exact scan hold, in the gallery's current
+    /// space: the raw descriptor, or once a refresh has computed them its
+    /// projection (zero-padded to the gallery's dims) and/or its DBA
+    /// vector.
     pub indexed: Vector,
     /// The index point holding `indexed` (a new one each time it changes).
     pub point: u64,

@@ -14,6 +14,7 @@ use super::post::Snapshot;
 use super::projection::pad;
 use super::{Gallery, Hit, Metadata, SearchParams, SpaceChanged};
 use crate::rerank::aqe::{alpha_qe, aqe};
+use crate::rerank::kreciprocal::GalleryNeighbours;
 use crate::rerank::kreciprocal::{kr_single, KrParams};
 use crate::rerank::RerankError;
 
@@ -55,6 +56,9 @@ pub struct Outcome {
     pub timings: Vec<(&'static str, Duration)>,
     /// The stages that shaped the ranking, in order (`SearchResponse.stages`).
     pub stages: Vec<&'static str>,
+    /// Stages the plan asked for that did not run, with why
+    /// (`SearchResponse.degraded`).
+    pub degraded: Vec<String>,
 }
 
 /// Runs `plan` for the unit query `q`. Blocking (CPU-bound).
@@ -164,46 +168,51 @@ fn attempt(
     }
     hits.truncate(want);
 
-    if let Some(kr) = &plan.kr {
+    let mut degraded = Vec::new();
+    // Nothing to re-rank without hits (an empty gallery, or a filter
+    // that matched nothing): not a degraded answer.
+    if let Some(kr) = plan.kr.as_ref().filter(|_| !hits.is_empty()) {
         let t = Stage::start("k_reciprocal");
-        // KR needs each shortlisted item's stored neighbour list. Until the
-        // refresh after a write has run (GalleryStats.stale_items), a
-        // shortlist holding an item added since is answered without KR,
-        // so that a fresh item is never hidden; `stages` says so.
-        let snap = snapshot
-            .as_deref()
-            .filter(|s| hits.iter().all(|h| s.row_of.contains_key(&h.seq)));
-        if let Some((snap, nb)) = snap.and_then(|s| Some((s, s.neighbours.as_ref()?))) {
-            let mut by_row: HashMap<usize, Hit> = HashMap::new();
-            for h in hits.drain(..) {
-                if let Some(&row) = snap.row_of.get(&h.seq) {
-                    by_row.insert(row, h);
-                }
+        match kr_inputs(snapshot.as_deref(), &hits) {
+            Err(why) => {
+                crate::telemetry::metrics()
+                    .search_degraded
+                    .with_label_values(&["k_reciprocal"])
+                    .inc();
+                degraded.push(format!("k_reciprocal: {why}"));
             }
-            let mut rows: Vec<usize> = by_row.keys().copied().collect();
-            rows.sort_unstable();
-            if !rows.is_empty() {
-                stages.push("k_reciprocal");
-                // The working rows may be narrower (projected); the
-                // query's padding is zeros.
-                let work = snap.working();
-                let ranked = kr_single(
-                    ArrayView1::from(&query[..work.ncols()]),
-                    work,
-                    nb,
-                    &rows,
-                    None,
-                    kr,
-                    plan.top_k,
-                )?;
-                for (row, d) in ranked {
-                    if let Some(mut h) = by_row.remove(&row) {
-                        h.distance = d as f32;
-                        hits.push(h);
+            Ok((snap, nb)) => {
+                let mut by_row: HashMap<usize, Hit> = HashMap::new();
+                for h in hits.drain(..) {
+                    if let Some(&row) = snap.row_of.get(&h.seq) {
+                        by_row.insert(row, h);
                     }
                 }
+                let mut rows: Vec<usize> = by_row.keys().copied().collect();
+                rows.sort_unstable();
+                if !rows.is_empty() {
+                    stages.push("k_reciprocal");
+                    // The working rows may be narrower (projected); the
+                    // query's padding is zeros.
+                    let work = snap.working();
+                    let ranked = kr_single(
+                        ArrayView1::from(&query[..work.ncols()]),
+                        work,
+                        nb,
+                        &rows,
+                        None,
+                        kr,
+                        plan.top_k,
+                    )?;
+                    for (row, d) in ranked {
+                        if let Some(mut h) = by_row.remove(&row) {
+                            h.distance = d as f32;
+                            hits.push(h);
+                        }
+                    }
+                }
+                timings.push(t.end());
             }
-            timings.push(t.end());
         }
     }
     hits.truncate(plan.top_k);
@@ -211,7 +220,35 @@ fn attempt(
         hits,
         timings,
         stages,
+        degraded,
     })
+}
+
+/// The snapshot and neighbour lists KR needs for `hits`, or why it cannot
+/// run. KR needs each shortlisted item's stored neighbour list: until the
+/// refresh after a write has run (GalleryStats.stale_items), a shortlist
+/// holding an item added since is answered without KR, so that a fresh
+/// item is never hidden, and the response says so.
+fn kr_inputs<'s>(
+    snapshot: Option<&'s Snapshot>,
+    hits: &[Hit],
+) -> Result<(&'s Snapshot, &'s GalleryNeighbours), String> {
+    let snap = snapshot.ok_or("the gallery's first neighbour refresh has not run yet")?;
+    let nb = snap
+        .neighbours
+        .as_ref()
+        .ok_or("the gallery had fewer than two items at its last neighbour refresh")?;
+    let fresh = hits
+        .iter()
+        .filter(|h| !snap.row_of.contains_key(&h.seq))
+        .count();
+    if fresh > 0 {
+        return Err(format!(
+            "{fresh} of the {} shortlisted items were written since the last neighbour refresh; ranked without re-ranking until it lands",
+            hits.len()
+        ));
+    }
+    Ok((snap, nb))
 }
 
 /// Maps a stored vector into the request's space (the projection, if any).

@@ -324,13 +324,6 @@ impl Snapshot {
     pub fn is_empty(&self) -> bool {
         self.seqs.is_empty()
     }
-
-    /// Row `row`'s neighbour rows, nearest first (empty below two items).
-    pub fn neighbours_of(&self, row: usize) -> &[u32] {
-        self.neighbours
-            .as_ref()
-            .map_or(&[][..], |nb| neighbour_row(nb, row))
-    }
 }
 
 /// The items' vectors as matrix rows.

@@ -39,7 +39,7 @@ impl Gallery {
     /// names (Err when the gallery is no longer in it). Blocking.
     pub fn search(&self, q: &[f32], p: &SearchParams<'_>) -> Result<Vec<Hit>, SpaceChanged> {
         let state = self.state.read();
-        if !same_space(state.projection.as_ref(), p.space) {
+        if !same_space(state.projection(), p.space) {
             return Err(SpaceChanged);
         }
         let matches = |e: &Entry| p.filter.iter().all(|(k, v)| e.metadata.get(k) == Some(v));
@@ -90,7 +90,7 @@ impl Gallery {
         // publishes a snapshot.
         let (count, stale_items, projection_components) = {
             let state = self.state.read();
-            let components = state.projection.as_ref().map_or(0, |p| p.components());
+            let components = state.projection().map_or(0, |p| p.components());
             (state.len(), state.stale(), components)
         };
         let post_generation = self.post.read().as_ref().map_or(0, |s| s.generation);

@@ -1,10 +1,13 @@
 //! The live items of one gallery: the id -> entry map and the two maps
-//! derived from it (seq -> id, index point -> seq), changed only through
-//! `insert`, `remove` and `repoint`, so the three always agree.
+//! derived from it (seq -> id, index point -> seq), and the space (the
+//! fitted projection, or none) every indexed vector is in. Fields are
+//! private: opening (`restore_points`, `point_the_rest`), writes
+//! (`insert`, `remove`) and refreshes (`repoint`, `publish`) are the only
+//! ways to change them, so the maps and the space always agree.
 //!
 //! The indexed vectors are also kept in `flat`, the exact scan's
 //! contiguous int8 matrix: built once when a gallery opens
-//! (`point_the_rest`), then updated by the same three methods.
+//! (`point_the_rest`), then updated by `insert`, `remove` and `repoint`.
 //!
 //! It also counts the changes applied (`writes`) and remembers how many
 //! of them the published post-processing snapshot covers (`covered`): the
@@ -38,8 +41,8 @@ pub(super) struct State {
     /// (`persist`), whose dead points may lie above every live one.
     next_point: u64,
     /// The projection every `indexed` vector is in (None: raw space);
-    /// switched together with the vectors, under this lock.
-    pub projection: Option<Arc<Projection>>,
+    /// switched together with the vectors, under this lock (`publish`).
+    projection: Option<Arc<Projection>>,
     /// Items inserted, replaced or removed since open (plus, at open, the
     /// differences between the store and the restored snapshot).
     writes: u64,
@@ -144,12 +147,12 @@ impl State {
     }
 
     /// Changes applied so far; a refresh that read the items at `writes()`
-    /// covers them once published (`covered_up_to`).
+    /// covers them once published (`publish`).
     pub fn writes(&self) -> u64 {
         self.writes
     }
 
-    pub fn covered_up_to(&mut self, writes: u64) {
+    fn covered_up_to(&mut self, writes: u64) {
         self.covered = self.covered.max(writes);
     }
 
@@ -213,6 +216,20 @@ impl State {
             e.indexed = v;
             self.by_point.insert(point, seq);
         }
+    }
+
+    /// The projection every indexed vector is in (None: raw space).
+    pub fn projection(&self) -> Option<&Arc<Projection>> {
+        self.projection.as_ref()
+    }
+
+    /// Switches to a refresh's space and marks its writes covered. Call
+    /// under the same write lock as the `repoint`s that moved every
+    /// vector into `projection`'s space (none when the space is
+    /// unchanged), so that searches never see vectors of two spaces.
+    pub fn publish(&mut self, projection: Option<Arc<Projection>>, writes_at: u64) {
+        self.projection = projection;
+        self.covered_up_to(writes_at);
     }
 
     pub fn get(&self, id: &str) -> Option<&Entry> {

@@ -257,6 +257,10 @@ fn query_expansion_then_kr_ranks_the_shortlist() {
     let q = item(1).vector;
     let early = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
     assert_eq!(early.stages, ["alpha_qe"]);
+    assert_eq!(
+        early.degraded,
+        ["k_reciprocal: the gallery's first neighbour refresh has not run yet"]
+    );
     assert_eq!(early.hits[0].id, "item-0001");
     g.refresh_post().unwrap();
     let out = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
@@ -264,6 +268,7 @@ fn query_expansion_then_kr_ranks_the_shortlist() {
     assert_eq!(out.hits[0].id, "item-0001");
     assert!(out.hits.windows(2).all(|w| w[0].distance <= w[1].distance));
     assert_eq!(out.stages, ["dba", "alpha_qe", "k_reciprocal"]);
+    assert!(out.degraded.is_empty(), "{:?}", out.degraded);
     // One item added since the refresh and shortlisted: KR waits for the
     // next refresh rather than hiding it.
     g.upsert(vec![NewItem {
@@ -274,9 +279,19 @@ fn query_expansion_then_kr_ranks_the_shortlist() {
     let fresh = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
     assert_eq!(fresh.stages, ["dba", "alpha_qe"]);
     assert!(fresh.hits.iter().any(|h| h.id == "fresh"));
+    // ... and says so, rather than ranking differently without a word.
+    assert_eq!(fresh.degraded.len(), 1, "{:?}", fresh.degraded);
+    assert!(
+        fresh.degraded[0].starts_with(
+            "k_reciprocal: 1 of the 20 shortlisted items were written since the last neighbour refresh"
+        ),
+        "{:?}",
+        fresh.degraded
+    );
     g.refresh_post().unwrap();
     let after = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
     assert_eq!(after.stages, ["dba", "alpha_qe", "k_reciprocal"]);
+    assert!(after.degraded.is_empty(), "{:?}", after.degraded);
     assert!(after.hits.iter().any(|h| h.id == "fresh"));
     let stages: Vec<&str> = out.timings.iter().map(|t| t.0).collect();
     assert_eq!(
@@ -738,7 +753,7 @@ fn a_saved_state_with_a_projection_restores_the_fit_and_its_space() {
             assert_eq!(s.index.generation, 0, "the saved graph, not a rebuild");
             let p = g.post_snapshot().unwrap().projection.clone().unwrap();
             assert_eq!((p.parts().0, p.parts().1), (&parts.0, &parts.1));
-            assert!(Arc::ptr_eq(&p, g.state.read().projection.as_ref().unwrap()));
+            assert!(Arc::ptr_eq(&p, g.state.read().projection().unwrap()));
             for (i, want) in indexed.iter().enumerate() {
                 assert_eq!(&g.get(&item(i as u64).id).unwrap().indexed, want);
             }
@@ -755,7 +770,7 @@ fn a_saved_state_with_a_projection_restores_the_fit_and_its_space() {
         assert_eq!((s.post_generation, s.stale_items), (3, 0));
         let snap = g.post_snapshot().unwrap();
         let p = snap.projection.clone().unwrap();
-        assert!(Arc::ptr_eq(&p, g.state.read().projection.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(&p, g.state.read().projection().unwrap()));
         assert_eq!(
             p.parts().1,
             restored.parts().1,

@@ -32,7 +32,7 @@ impl Gallery {
         let w = self.writing();
         let (first_seq, space) = {
             let state = self.state.read();
-            (state.next_seq(), state.projection.clone())
+            (state.next_seq(), state.projection().cloned())
         };
         // In the index's space (the writer lock keeps it from changing).
         let indexed: Vec<Vector> = items

@@ -21,8 +21,9 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// `invalid_argument`, `too_large`, `not_found`, `already_exists`,
-    /// `failed_precondition`, `overloaded`, `unavailable`,
-    /// `unauthenticated`, `permission_denied` or `internal`.
+    /// `failed_precondition`, `overloaded`, `storage_full`, `unavailable`,
+    /// `unauthenticated`, `permission_denied` or `internal`
+    /// (`query::Kind::name`).
     pub code: String,
     /// For a person: what went wrong and what to do about it.
     pub message: String,

@@ -15,13 +15,10 @@ use super::extract::{self, Body};
 use super::search::DescriptorJson;
 use super::App;
 use crate::gallery::{GalleryError, Metadata};
-use crate::query::add::{self, Outcome, Pending, Summary};
+use crate::query::add::{self, Incoming, Outcome, Summary};
 use crate::query::item::Content;
 use crate::query::{checks, gallery};
 use crate::store::thumbnail::ThumbnailConfig;
-
-/// Items embedded concurrently per round (so the batcher can batch them).
-const CHUNK: usize = 32;
 
 /// Items to add as descriptors (images come as multipart).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -120,9 +117,9 @@ fn encode_segment(s: &str) -> String {
 }
 
 /// (id, content, metadata) of each item in the body.
-type Incoming = Vec<(String, Content, Metadata)>;
+type Received = Vec<(String, Content, Metadata)>;
 
-fn from_form(parts: Vec<extract::Part>) -> Result<Incoming, ApiError> {
+fn from_form(parts: Vec<extract::Part>) -> Result<Received, ApiError> {
     let mut metadata: BTreeMap<String, Metadata> = match parts.iter().find(|p| p.name == "metadata")
     {
         Some(p) => extract::json(&p.bytes, "metadata part (an object of item id -> metadata)")?,
@@ -176,8 +173,8 @@ pub async fn add_items(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Json<AddResponse>, ApiError> {
-    let g = app.galleries.get(&name)?;
-    let items: Incoming = match extract::body(req, app.max_body).await? {
+    let g = app.service.gallery(&name)?;
+    let items: Received = match extract::body(req, app.max_body).await? {
         Body::Form(parts) => from_form(parts)?,
         Body::Json(b) => extract::json::<AddJson>(&b, "add request")?
             .items
@@ -194,24 +191,18 @@ pub async fn add_items(
     let mut summary = Summary::default();
     let mut items = items.into_iter().enumerate().peekable();
     while items.peek().is_some() {
-        let jobs = items
+        let round = items
             .by_ref()
-            .take(CHUNK)
-            .map(|(index, (id, content, meta))| {
-                let g = g.clone();
-                let preparer = &app.preparer;
-                async move {
-                    let result = preparer.prepare(&g, &id, Some(content), meta).await;
-                    Pending {
-                        index: index as u64,
-                        id,
-                        gallery: Some(g),
-                        result,
-                    }
-                }
-            });
-        let pending = futures::future::join_all(jobs).await;
-        for o in add::commit(pending).await {
+            .take(add::ROUND)
+            .map(|(index, (id, content, metadata))| Incoming {
+                index: index as u64,
+                id,
+                gallery: Ok(g.clone()),
+                content: Some(content),
+                metadata,
+            })
+            .collect();
+        for o in add::add_round(&app.service.preparer, round).await {
             summary.count(&o);
             outcomes.push(o);
         }
@@ -236,7 +227,7 @@ pub async fn list_items(
     params: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Json<ItemPage>, ApiError> {
     let p = extract::params(params, app.max_body)?;
-    let g = app.galleries.get(&name)?;
+    let g = app.service.gallery(&name)?;
     let (page, next_page_token) = gallery::page(&g, p.page_size, &p.page_token)?;
     let items = page
         .into_iter()
@@ -270,7 +261,7 @@ pub async fn get_item(
     params: Result<Query<GetParams>, QueryRejection>,
 ) -> Result<Json<Item>, ApiError> {
     let p = extract::params(params, app.max_body)?;
-    let g = app.galleries.get(&name)?;
+    let g = app.service.gallery(&name)?;
     let e = checks::item(&g, &id)?;
     let descriptor = p.include_descriptor.then(|| DescriptorJson {
         values: e.vector.to_vec(),
@@ -300,7 +291,7 @@ pub async fn remove_item(
     State(app): State<App>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<Removed>, ApiError> {
-    let g = app.galleries.get(&name)?;
+    let g = app.service.gallery(&name)?;
     let missing = gallery::remove(g, vec![id.clone()]).await?;
     if !missing.is_empty() {
         return Err(GalleryError::NoItem { gallery: name, id }.into());
@@ -323,7 +314,7 @@ pub async fn thumbnail(
     State(app): State<App>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let g = app.galleries.get(&name)?;
+    let g = app.service.gallery(&name)?;
     checks::item(&g, &id)?;
     let jpeg = tokio::task::spawn_blocking(move || g.thumbnail(&id)).await??;
     let jpeg = jpeg.ok_or_else(|| ApiError {

@@ -18,20 +18,15 @@ pub mod serve;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::embed::Engine;
-use crate::gallery::Galleries;
-use crate::query::item::Preparer;
-use crate::query::search::Searcher;
+use crate::query::service::Service;
 use crate::security::auth::ApiKeys;
 use crate::store::thumbnail::ThumbnailConfig;
 
-/// What every handler shares.
+/// What every handler shares: the server's one [`Service`] (the gRPC
+/// port has the same) and what only HTTP needs.
 #[derive(Clone)]
 pub struct App {
-    pub engine: Arc<Engine>,
-    pub galleries: Arc<Galleries>,
-    pub searcher: Searcher,
-    pub preparer: Preparer,
+    pub service: Arc<Service>,
     pub thumbnails: ThumbnailConfig,
     /// None: no authentication.
     pub keys: Option<Arc<ApiKeys>>,
@@ -40,21 +35,9 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(
-        engine: Arc<Engine>,
-        galleries: Arc<Galleries>,
-        cfg: &Config,
-        keys: Option<ApiKeys>,
-    ) -> Self {
+    pub fn new(service: Arc<Service>, cfg: &Config, keys: Option<ApiKeys>) -> Self {
         Self {
-            searcher: Searcher::new(engine.clone(), cfg),
-            preparer: Preparer {
-                engine: engine.clone(),
-                metadata: cfg.metadata,
-                thumbnails: cfg.thumbnails.clone(),
-            },
-            engine,
-            galleries,
+            service,
             thumbnails: cfg.thumbnails.clone(),
             keys: keys.map(Arc::new),
             max_body: cfg.max_message_bytes,

@@ -1,7 +1,5 @@
 //! `POST /v1/galleries/{gallery}/search` and `POST /v1/embed`.
 
-use std::time::Duration;
-
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::Json;
@@ -15,6 +13,7 @@ use crate::gallery::Metadata;
 use crate::query::checks::Descriptor;
 use crate::query::plan::{KrOptions, PostOptions, QeOptions};
 use crate::query::search::{Options, Query as SearchQuery, NO_QUERY};
+use crate::query::timing::Timing;
 
 /// A descriptor, as `POST /v1/embed` returns it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -80,33 +79,20 @@ pub struct Hit {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Timing {
-    pub stage: String,
-    pub micros: u64,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SearchResponse {
     pub hits: Vec<Hit>,
     /// Every stage that took time, decode and embed first for images.
     pub timings: Vec<Timing>,
     /// The stages that shaped the ranking, in order.
     pub stages: Vec<String>,
+    /// Stages the request asked for that did not run, each with why.
+    pub degraded: Vec<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EmbedResponse {
     pub descriptor: DescriptorJson,
     pub timings: Vec<Timing>,
-}
-
-fn timings(t: Vec<(String, Duration)>) -> Vec<Timing> {
-    t.into_iter()
-        .map(|(stage, d)| Timing {
-            stage,
-            micros: d.as_micros() as u64,
-        })
-        .collect()
 }
 
 impl SearchRequest {
@@ -185,7 +171,7 @@ pub async fn search(
     req: Request,
 ) -> Result<Json<SearchResponse>, ApiError> {
     let params = extract::params(params, app.max_body)?;
-    let g = app.galleries.get(&gallery)?;
+    let g = app.service.gallery(&gallery)?;
     let (query, opts) = match extract::body(req, app.max_body).await? {
         Body::Json(b) => extract::json::<SearchRequest>(&b, "search request")?.split(None)?,
         Body::Form(parts) => {
@@ -198,7 +184,7 @@ pub async fn search(
         }
         Body::Raw(b) => (SearchQuery::Image(b.to_vec()), params.into()),
     };
-    let found = app.searcher.search(g, query, opts).await?;
+    let found = app.service.searcher.search(g, query, opts).await?;
     let hits = found
         .hits
         .into_iter()
@@ -211,8 +197,9 @@ pub async fn search(
         .collect();
     Ok(Json(SearchResponse {
         hits,
-        timings: timings(found.timings),
+        timings: found.timings,
         stages: found.stages,
+        degraded: found.degraded,
     }))
 }
 
@@ -240,12 +227,12 @@ pub async fn embed(State(app): State<App>, req: Request) -> Result<Json<EmbedRes
             ))
         }
     };
-    let (values, t) = app.engine.embed(image).await?;
+    let e = app.service.embed(image).await?;
     Ok(Json(EmbedResponse {
         descriptor: DescriptorJson {
-            values,
-            model_fingerprint: app.engine.fingerprint().to_string(),
+            values: e.values,
+            model_fingerprint: e.model_fingerprint,
         },
-        timings: timings(vec![("decode".into(), t.decode), ("embed".into(), t.infer)]),
+        timings: e.timings,
     }))
 }

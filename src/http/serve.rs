@@ -1,6 +1,6 @@
 //! Serving the HTTP app on a bound listener, in plaintext (axum::serve)
-//! or TLS (rustls, the `[tls]` files gRPC uses), until `shutdown`;
-//! in-flight requests finish first.
+//! or TLS (rustls, the `[tls]` files gRPC uses, reloaded on renewal),
+//! until `shutdown`; in-flight requests finish first.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,11 +13,15 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
+use futures::StreamExt;
+
+use crate::security::tls::{self, Reloading};
+
 /// Binds `addr` and returns the bound address with the future that serves.
 pub async fn bind(
     addr: SocketAddr,
     app: Router,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<Reloading>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     let listener = TcpListener::bind(addr).await?;
@@ -34,7 +38,7 @@ pub async fn bind(
                     .with_graceful_shutdown(shutdown)
                     .await
             }
-            Some(cfg) => serve_tls(listener, app, cfg, shutdown).await,
+            Some(tls) => serve_tls(listener, app, tls, shutdown).await,
         }
     };
     Ok((bound, serve))
@@ -43,45 +47,33 @@ pub async fn bind(
 async fn serve_tls(
     listener: TcpListener,
     app: Router,
-    cfg: Arc<rustls::ServerConfig>,
+    tls: Arc<Reloading>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     let graceful = GracefulShutdown::new();
+    let mut incoming = tls::accept(listener, tls, tls::Port::Http);
     tokio::pin!(shutdown);
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off a little.
-                    tracing::warn!(error = %e, "http accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
+        let stream = tokio::select! {
+            accepted = incoming.next() => match accepted {
+                Some(Ok(s)) => s,
+                Some(Err(_)) | None => break,
             },
             _ = &mut shutdown => break,
         };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let peer = stream.get_ref().0.peer_addr().ok();
         let service = TowerToHyperService::new(app.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "http connection ended");
+                tracing::debug!(?peer, error = %e, "http connection ended");
             }
         });
     }
-    drop(listener);
+    // Stops accepting and closes the listener.
+    drop(incoming);
     graceful.shutdown().await;
     Ok(())
 }

@@ -30,14 +30,23 @@ const CHUNK_BYTES: usize = 4 << 20;
 /// Fewest re-scored rows worth a thread of their own.
 const RESCORE_PART_MIN: usize = 256;
 
-/// Threads for the scans, one per core (None: the pool could not start,
-/// and scans run on the global pool).
+/// Threads for the scans (None: the pool could not start, and scans run
+/// on the global pool): [`set_scan_threads`], else one per core.
 static SCAN_POOL: LazyLock<Option<rayon::ThreadPool>> = LazyLock::new(|| {
     rayon::ThreadPoolBuilder::new()
+        .num_threads(SCAN_THREADS.get().copied().unwrap_or(0))
         .thread_name(|i| format!("scan-{i}"))
         .build()
         .ok()
 });
+
+static SCAN_THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Sizes the scan pool (the server's CPU budget): call before the first
+/// scan, which starts the pool; later calls have no effect.
+pub fn set_scan_threads(n: usize) {
+    let _ = SCAN_THREADS.set(n);
+}
 
 #[derive(Default)]
 pub struct FlatRows {

@@ -1,16 +1,52 @@
-//! Committing prepared items, whatever transport they came by: the valid
-//! ones in one transaction per gallery (thumbnails with them), and one
-//! outcome per item, in arrival order. An outcome says `added` only after
-//! its item's transaction has committed.
+//! Adding items, whatever transport they came by: a round of items is
+//! prepared (checked, embedded) concurrently, so the batcher can batch
+//! them, then the valid ones are committed in one transaction per gallery
+//! (thumbnails with them), with one outcome per item, in arrival order. An
+//! outcome says `added` only after its item's transaction has committed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::item::Prepared;
+use super::item::{Content, Prepared, Preparer};
 use super::ServiceError;
-use crate::gallery::{Gallery, NewItem};
+use crate::gallery::{Gallery, Metadata, NewItem};
+
+/// Items prepared concurrently per round, so the batcher can batch them.
+pub const ROUND: usize = 32;
+
+/// One item as it arrived.
+pub struct Incoming {
+    /// Its position in the request.
+    pub index: u64,
+    pub id: String,
+    /// Its gallery, or why it has none (its outcome then says so).
+    pub gallery: Result<Arc<Gallery>, ServiceError>,
+    pub content: Option<Content>,
+    pub metadata: Metadata,
+}
+
+/// Prepares one round of items concurrently and commits the valid ones;
+/// returns every item's outcome in the order given.
+pub async fn add_round(preparer: &Preparer, items: Vec<Incoming>) -> Vec<Outcome> {
+    let jobs = items.into_iter().map(|i| async move {
+        let (gallery, result) = match i.gallery {
+            Ok(g) => {
+                let r = preparer.prepare(&g, &i.id, i.content, i.metadata).await;
+                (Some(g), r)
+            }
+            Err(e) => (None, Err(e)),
+        };
+        Pending {
+            index: i.index,
+            id: i.id,
+            gallery,
+            result,
+        }
+    });
+    commit(futures::future::join_all(jobs).await).await
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -54,11 +90,11 @@ impl Summary {
 
 /// One item on its way: its gallery (None: not found) and what preparing
 /// it gave.
-pub struct Pending {
-    pub index: u64,
-    pub id: String,
-    pub gallery: Option<Arc<Gallery>>,
-    pub result: Result<Prepared, ServiceError>,
+struct Pending {
+    index: u64,
+    id: String,
+    gallery: Option<Arc<Gallery>>,
+    result: Result<Prepared, ServiceError>,
 }
 
 /// One gallery's valid items, with their slots in the outcome list.
@@ -66,7 +102,7 @@ type Group = (Arc<Gallery>, Vec<(usize, Prepared)>);
 
 /// Commits the valid items (one transaction per gallery) and returns
 /// every item's outcome in the order given.
-pub async fn commit(pending: Vec<Pending>) -> Vec<Outcome> {
+async fn commit(pending: Vec<Pending>) -> Vec<Outcome> {
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(pending.len());
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     for (slot, p) in pending.into_iter().enumerate() {

@@ -75,6 +75,11 @@ impl SearchAdmission {
         self.max_running - self.running.available_permits()
     }
 
+    /// Searches waiting for a slot now.
+    pub fn waiting(&self) -> usize {
+        self.max_queued - self.queue.available_permits()
+    }
+
     /// Runs `work` on the blocking pool once a slot is free. The slot is
     /// held until `work` returns, even when the caller stops waiting (a
     /// cancelled request still occupies a core until its scan ends).

@@ -6,6 +6,7 @@ use crate::embed::preprocess::ImageError;
 use crate::embed::EmbedError;
 use crate::gallery::online::OnlineError;
 use crate::gallery::GalleryError;
+use crate::rerank::RerankError;
 use crate::security::auth::AuthError;
 
 use super::admission::AdmissionError;
@@ -24,7 +25,8 @@ pub enum Kind {
     Overloaded,
     /// The disk holding the store is full: retry once space is freed.
     StorageFull,
-    /// Shutting down, or an inference worker died.
+    /// Retry: shutting down, an inference worker died, or a gallery's
+    /// projection kept changing under a search.
     Unavailable,
     /// No API key or a wrong one.
     Unauthenticated,
@@ -115,6 +117,12 @@ pub enum ServiceError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Admission(#[from] AdmissionError),
+    /// SearchBatch's stage list does not parse or fit together.
+    #[error("options.stages: {0}")]
+    Stages(RerankError),
+    /// SearchBatch's pipeline refused the call's data.
+    #[error("{0}")]
+    Pipeline(RerankError),
     /// One query of a batch call failed; `query` names it.
     #[error("{query}: {source}")]
     InQuery {
@@ -149,7 +157,6 @@ impl ServiceError {
                     Kind::Internal
                 }
             },
-            // Parameters are validated up front; what is left is a bug.
             ServiceError::Online(e) => match e {
                 // Parameters are validated up front; what is left is a bug.
                 OnlineError::Rerank(_) => Kind::Internal,
@@ -159,6 +166,7 @@ impl ServiceError {
             ServiceError::Auth(AuthError::ReadOnly) => Kind::PermissionDenied,
             ServiceError::Auth(_) => Kind::Unauthenticated,
             ServiceError::Admission(_) => Kind::Overloaded,
+            ServiceError::Stages(_) | ServiceError::Pipeline(_) => Kind::InvalidArgument,
             ServiceError::InQuery { source, .. } => source.kind(),
         }
     }

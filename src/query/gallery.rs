@@ -1,7 +1,9 @@
 //! Gallery and item operations both transports call: create and drop a
-//! gallery, list a page of items, remove items.
+//! gallery, its statistics, list a page of items, remove items.
 
 use std::sync::Arc;
+
+use serde::Serialize;
 
 use super::ServiceError;
 use crate::embed::Engine;
@@ -56,4 +58,69 @@ pub fn page(
         _ => String::new(),
     };
     Ok((page, next))
+}
+
+/// A gallery's statistics (`GalleryStats` on both transports).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct GalleryStats {
+    pub gallery: String,
+    pub count: u64,
+    pub dims: u32,
+    pub model_fingerprint: String,
+    pub execution_provider: String,
+    pub index: IndexState,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct IndexState {
+    pub points: u64,
+    pub tombstones: u64,
+    pub rebuilding: bool,
+    pub generation: u64,
+    /// Changes not yet in the neighbour lists (a refresh is pending).
+    pub stale_items: u64,
+    pub post_processing_generation: u64,
+    pub dba: bool,
+    /// Whether an HNSW graph exists (else searches are exact).
+    pub graph: bool,
+    pub projection_components: u32,
+    /// The ef a search uses when it names none (calibrated after a build).
+    pub default_ef: u32,
+    /// Recall@10 of `default_ef` on a sample of the gallery's own items
+    /// (0: not calibrated), the sample size, and whether it reached
+    /// `index.target_recall`.
+    pub calibrated_recall: f64,
+    pub calibration_sample: u32,
+    pub target_recall_reached: bool,
+    /// Seconds the last graph build took (0: none yet).
+    pub build_seconds: f64,
+}
+
+/// `g`'s statistics; `provider` is the serving engine's execution provider.
+pub fn stats(g: &Gallery, provider: &str) -> GalleryStats {
+    let s = g.stats();
+    let cal = s.index.calibration;
+    GalleryStats {
+        gallery: s.name,
+        count: s.count as u64,
+        dims: s.meta.dims,
+        model_fingerprint: s.meta.model_fingerprint,
+        execution_provider: provider.to_string(),
+        index: IndexState {
+            points: s.index.points as u64,
+            tombstones: s.tombstones as u64,
+            rebuilding: s.index.rebuilding,
+            generation: s.index.generation,
+            stale_items: s.stale_items,
+            post_processing_generation: s.post_generation,
+            dba: s.dba,
+            graph: s.index.built,
+            projection_components: s.projection_components as u32,
+            default_ef: g.default_ef() as u32,
+            calibrated_recall: cal.map_or(0.0, |c| c.recall),
+            calibration_sample: cal.map_or(0, |c| c.sample as u32),
+            target_recall_reached: cal.is_some_and(|c| c.reached),
+            build_seconds: cal.map_or(0.0, |c| c.build_seconds),
+        },
+    }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::admission::SearchAdmission;
 use super::checks::{self, Descriptor};
 use super::plan::{self, PostOptions};
+use super::timing::{timings, Timing};
 use super::ServiceError;
 use crate::config::{Config, PostProcessingDefaults};
 use crate::embed::Engine;
@@ -39,9 +40,11 @@ pub struct Options {
 pub struct Found {
     pub hits: Vec<Hit>,
     /// Every stage that took time, decode and embed first for images.
-    pub timings: Vec<(String, Duration)>,
+    pub timings: Vec<Timing>,
     /// The stages that shaped the ranking, in order.
     pub stages: Vec<String>,
+    /// Stages the request asked for that did not run, each with why.
+    pub degraded: Vec<String>,
 }
 
 /// The server's search limits and defaults.
@@ -52,19 +55,20 @@ pub struct Searcher {
     pub max_top_k: u32,
     pub max_ef_search: u32,
     pub pp: PostProcessingDefaults,
-    /// Shared by every search entry point (Search, SearchBatch, HTTP).
+    /// The server's one admission, shared with SearchBatch, whichever
+    /// port a search came by (`Service::new` hands the same to both).
     pub admission: Arc<SearchAdmission>,
 }
 
 impl Searcher {
-    pub fn new(engine: Arc<Engine>, cfg: &Config) -> Self {
+    pub fn new(engine: Arc<Engine>, cfg: &Config, admission: Arc<SearchAdmission>) -> Self {
         Self {
             engine,
             default_top_k: cfg.default_top_k,
             max_top_k: cfg.max_top_k,
             max_ef_search: cfg.index.max_ef_search,
             pp: cfg.post_processing.clone(),
-            admission: Arc::new(SearchAdmission::new(cfg.search)),
+            admission,
         }
     }
 
@@ -81,25 +85,27 @@ impl Searcher {
             max_top_k: self.max_top_k,
         };
         let plan = plan::plan(opts.post, &limits, k, ef, opts.exact)?;
-        let (q, exclude, mut timings) = resolve(&self.engine, &g, query).await?;
+        let (q, exclude, embedded) = resolve(&self.engine, &g, query).await?;
         let filter = opts.filter;
         let out = self
             .admission
             .run(move || crate::gallery::online::search(&g, &q, &plan, &filter, exclude.as_deref()))
             .await??;
         crate::telemetry::observe_stages(&out.timings);
-        timings.extend(out.timings.into_iter().map(|(s, d)| (s.to_string(), d)));
+        let mut all = timings(embedded);
+        all.extend(timings(out.timings));
         Ok(Found {
             hits: out.hits,
-            timings,
+            timings: all,
             stages: out.stages.iter().map(|s| s.to_string()).collect(),
+            degraded: out.degraded,
         })
     }
 }
 
 /// What a query resolved to: the unit vector, the item to leave out of
 /// the results (a search by item id), and the time embedding took.
-pub type Resolved = (Vec<f32>, Option<String>, Vec<(String, Duration)>);
+pub type Resolved = (Vec<f32>, Option<String>, Vec<(&'static str, Duration)>);
 
 /// Resolves `query` against `g`: embeds an image (gallery of the serving
 /// model), checks a descriptor, or looks up a stored item.
@@ -108,8 +114,7 @@ pub async fn resolve(engine: &Engine, g: &Gallery, query: Query) -> Result<Resol
         Query::Image(bytes) => {
             checks::check_model(engine, g)?;
             let (v, t) = engine.embed(bytes).await?;
-            let timings = vec![("decode".into(), t.decode), ("embed".into(), t.infer)];
-            (v, None, timings)
+            (v, None, t.stages().to_vec())
         }
         Query::Descriptor(d) => (checks::check_descriptor(g, &d)?, None, Vec::new()),
         Query::ItemId(id) => {

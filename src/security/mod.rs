@@ -1,4 +1,5 @@
-//! Optional TLS on the gRPC port ([`tls`]) and API keys ([`auth`]).
+//! Optional TLS on the gRPC and HTTP ports ([`tls`], reloaded on renewal)
+//! and API keys ([`auth`]).
 
 pub mod auth;
 pub mod tls;
@@ -15,6 +16,19 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// Seconds between checks of the files for a renewal (they are
+    /// reloaded when their contents change); 0 = 10.
+    #[serde(default)]
+    pub reload_check_s: u64,
+}
+
+impl TlsFiles {
+    pub fn reload_check(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(match self.reload_check_s {
+            0 => 10,
+            s => s,
+        })
+    }
 }
 
 /// `[auth]`: API keys, from files in `keys_dir` (`read-write`,
@@ -37,8 +51,6 @@ pub enum SecurityError {
     #[error("auth.keys_dir {0} holds none of read-write, read-write-next, read-only")]
     NoKeys(PathBuf),
     #[error("TLS: {0}")]
-    Tls(#[from] tonic::transport::Error),
-    #[error("TLS (HTTP port): {0}")]
     Rustls(String),
 }
 

@@ -44,6 +44,12 @@ pub struct Metrics {
     pub provider: IntGaugeVec,
     /// 1, labelled with the version and the model fingerprint.
     pub build_info: IntGaugeVec,
+    /// Cores the server plans its threads for (`cpus`).
+    pub cpu_budget: IntGauge,
+    /// TLS file changes seen, by result (reloaded, failed).
+    pub tls_reloads: IntCounterVec,
+    /// Searches answered without a stage they asked for, by stage.
+    pub search_degraded: IntCounterVec,
 }
 
 /// 0.5 ms .. ~65 s, doubling.
@@ -138,6 +144,24 @@ fn build() -> Result<Metrics, prometheus::Error> {
             Opts::new("build_info", "Version and model of this server"),
             &["version", "model_fingerprint"],
         )?,
+        cpu_budget: IntGauge::new(
+            "cpu_budget",
+            "Cores the server plans its threads for (config cpus, else detected)",
+        )?,
+        tls_reloads: IntCounterVec::new(
+            Opts::new(
+                "tls_reloads_total",
+                "Changes of the TLS files seen, by result (reloaded, failed)",
+            ),
+            &["result"],
+        )?,
+        search_degraded: IntCounterVec::new(
+            Opts::new(
+                "search_degraded_total",
+                "Searches answered without a stage they asked for, by stage",
+            ),
+            &["stage"],
+        )?,
         registry,
     };
     let r = &m.registry;
@@ -158,6 +182,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
     r.register(Box::new(m.index_build_seconds.clone()))?;
     r.register(Box::new(m.provider.clone()))?;
     r.register(Box::new(m.build_info.clone()))?;
+    r.register(Box::new(m.cpu_budget.clone()))?;
+    r.register(Box::new(m.tls_reloads.clone()))?;
+    r.register(Box::new(m.search_degraded.clone()))?;
     Ok(m)
 }
 
