@@ -212,7 +212,6 @@ impl Config {
         self.data_dir.join("lookalike.redb")
     }
 
-    /// Rejects settings that would fail later in less obvious ways.
     /// The cores to plan for: `cpus`, else what the process may use
     /// (std reads the cgroup v1/v2 CPU quota and the affinity mask).
     pub fn cpu_budget(&self) -> usize {
@@ -223,8 +222,8 @@ impl Config {
     }
 
     /// Settles the thread counts left at 0 on the CPU budget, so every
-    /// pool agrees on it; explicit values stay.
-    pub fn settle_threads(&mut self) {
+    /// pool agrees on it; explicit values stay. Returns the budget.
+    pub fn settle_threads(&mut self) -> usize {
         let cpus = self.cpu_budget();
         if self.embed.intra_threads == 0 {
             self.embed.intra_threads = cpus;
@@ -232,8 +231,10 @@ impl Config {
         if self.search.max_running == 0 {
             self.search.max_running = cpus;
         }
+        cpus
     }
 
+    /// Rejects settings that would fail later in less obvious ways.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if !(2..=255).contains(&self.index.m) {

@@ -180,9 +180,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cfg.cpus = v;
     }
     cfg.validate()?;
-    cfg.settle_threads();
+    let cpus = cfg.settle_threads();
     let _exporter = init_logging(cfg.log_format)?;
-    let cpus = cfg.cpu_budget();
     // Refreshes (neighbour lists, DBA) run on rayon's global pool and the
     // exact scan on a pool of the same size: both follow the budget.
     rayon::ThreadPoolBuilder::new()

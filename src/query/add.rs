@@ -31,17 +31,16 @@ pub struct Incoming {
 /// returns every item's outcome in the order given.
 pub async fn add_round(preparer: &Preparer, items: Vec<Incoming>) -> Vec<Outcome> {
     let jobs = items.into_iter().map(|i| async move {
-        let (gallery, result) = match i.gallery {
-            Ok(g) => {
-                let r = preparer.prepare(&g, &i.id, i.content, i.metadata).await;
-                (Some(g), r)
-            }
-            Err(e) => (None, Err(e)),
+        let result = match i.gallery {
+            Ok(g) => preparer
+                .prepare(&g, &i.id, i.content, i.metadata)
+                .await
+                .map(|p| (g, p)),
+            Err(e) => Err(e),
         };
         Pending {
             index: i.index,
             id: i.id,
-            gallery,
             result,
         }
     });
@@ -88,13 +87,12 @@ impl Summary {
     }
 }
 
-/// One item on its way: its gallery (None: not found) and what preparing
-/// it gave.
+/// One item on its way: its gallery and the prepared item, or why it
+/// cannot be stored.
 struct Pending {
     index: u64,
     id: String,
-    gallery: Option<Arc<Gallery>>,
-    result: Result<Prepared, ServiceError>,
+    result: Result<(Arc<Gallery>, Prepared), ServiceError>,
 }
 
 /// One gallery's valid items, with their slots in the outcome list.
@@ -112,19 +110,18 @@ async fn commit(pending: Vec<Pending>) -> Vec<Outcome> {
             status: Status::Rejected,
             reason: String::new(),
         };
-        match (p.result, p.gallery) {
-            (Ok(item), Some(g)) => groups
+        match p.result {
+            Ok((g, item)) => groups
                 .entry(g.name().to_string())
                 .or_insert_with(|| (g, Vec::new()))
                 .1
                 .push((slot, item)),
-            (Err(e), _) => {
+            Err(e) => {
                 if e.kind().retryable() {
                     outcome.status = Status::RetryLater;
                 }
                 outcome.reason = e.to_string();
             }
-            (Ok(_), None) => outcome.reason = "gallery disappeared".into(),
         }
         outcomes.push(outcome);
     }

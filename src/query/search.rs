@@ -92,11 +92,9 @@ impl Searcher {
             .run(move || crate::gallery::online::search(&g, &q, &plan, &filter, exclude.as_deref()))
             .await??;
         crate::telemetry::observe_stages(&out.timings);
-        let mut all = timings(embedded);
-        all.extend(timings(out.timings));
         Ok(Found {
             hits: out.hits,
-            timings: all,
+            timings: timings(embedded.into_iter().chain(out.timings)),
             stages: out.stages.iter().map(|s| s.to_string()).collect(),
             degraded: out.degraded,
         })

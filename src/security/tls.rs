@@ -184,14 +184,17 @@ fn read_all(files: &TlsFiles) -> Result<([u8; 32], [Vec<u8>; 3]), SecurityError>
 fn build(contents: &[Vec<u8>; 3], stamp: [u8; 32]) -> Result<Configs, SecurityError> {
     let [cert, key, ca] = contents;
     let ca = (!ca.is_empty()).then_some(&ca[..]);
-    let grpc = config(cert, key, ca, b"h2")?;
+    let mut grpc = config(cert, key, ca)?;
+    let mut http = grpc.clone();
+    grpc.alpn_protocols = vec![b"h2".to_vec()];
+    http.alpn_protocols = vec![b"http/1.1".to_vec()];
     let leaf = CertificateDer::pem_slice_iter(cert)
         .next()
         .and_then(Result::ok)
         .ok_or_else(|| SecurityError::Rustls("tls.cert: no PEM certificate in the file".into()))?;
     Ok(Configs {
         grpc: Arc::new(grpc),
-        http: Arc::new(config(cert, key, ca, b"http/1.1")?),
+        http: Arc::new(http),
         leaf,
         stamp,
     })
@@ -201,7 +204,6 @@ fn config(
     cert: &[u8],
     key: &[u8],
     client_ca: Option<&[u8]>,
-    alpn: &[u8],
 ) -> Result<ServerConfig, SecurityError> {
     let bad = |what: &str, e: &dyn std::fmt::Display| SecurityError::Rustls(format!("{what}: {e}"));
     let certs = CertificateDer::pem_slice_iter(cert)
@@ -233,11 +235,9 @@ fn config(
         }
         None => builder.with_no_client_auth(),
     };
-    let mut cfg = builder
+    builder
         .with_single_cert(certs, key)
-        .map_err(|e| bad("tls.cert/tls.key", &e))?;
-    cfg.alpn_protocols = vec![alpn.to_vec()];
-    Ok(cfg)
+        .map_err(|e| bad("tls.cert/tls.key", &e))
 }
 
 #[cfg(test)]
