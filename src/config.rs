@@ -66,6 +66,9 @@ pub struct Config {
     /// TLS on the gRPC and HTTP ports; plaintext when unset.
     pub tls: Option<crate::security::TlsFiles>,
     pub auth: crate::security::AuthConfig,
+    /// Replication through NATS JetStream (`[cluster]`); unset, a single
+    /// node on its own store.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Server-side post-processing settings: gallery-side state (`dba`,
@@ -169,6 +172,7 @@ impl Default for Config {
             cpus: 0,
             tls: None,
             auth: crate::security::AuthConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -269,6 +273,9 @@ impl Config {
         self.thumbnails.validate().map_err(ConfigError::Invalid)?;
         if self.embed.limits.max_bytes > self.max_message_bytes {
             return bad("embed.max_bytes cannot exceed max_message_bytes");
+        }
+        if let Some(c) = &self.cluster {
+            c.validate().map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod embed;
 pub mod eval;

@@ -231,7 +231,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         signalled.notify_one();
     };
     let galleries = Arc::new(galleries);
-    let service = Service::new(Arc::new(engine), galleries.clone(), &cfg);
+    let cluster = match &cfg.cluster {
+        Some(c) => {
+            let meta = lookalike::store::GalleryMeta {
+                model_fingerprint: engine.fingerprint().to_string(),
+                dims: engine.dims() as u32,
+            };
+            tracing::info!(urls = ?c.urls, prefix = %c.prefix, "replicating through NATS JetStream");
+            Some(lookalike::cluster::Cluster::start(c.clone(), galleries.clone(), meta).await?)
+        }
+        None => None,
+    };
+    let service = Service::new(Arc::new(engine), galleries.clone(), cluster, &cfg);
     let bound = lookalike::server::bind(&cfg, service, keys, shutdown).await?;
     let (addr, server) = (bound.addr, bound.serve);
     // Tests and scripts wait for these lines to know the ports; the

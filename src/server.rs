@@ -63,6 +63,9 @@ pub async fn bind(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health::new(reporter).await;
     health.follow_engine(service.engine.workers_ok());
+    if let Some(c) = &service.cluster {
+        health.follow_replication(c.progress().ready()).await;
+    }
     let m = metrics();
     m.provider
         .with_label_values(&[service.engine.provider().name()])

@@ -193,6 +193,7 @@ async fn verify(client: &mut Client, model: &mut Model, trial: usize) {
                 gallery: G.into(),
                 id: id.clone(),
                 include_descriptor: true,
+                ..Default::default()
             })
             .await;
         let got: Value = match got {

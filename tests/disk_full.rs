@@ -105,6 +105,7 @@ async fn check_all(client: &mut Client, acked: &[(String, Vec<f32>)]) {
                 gallery: G.into(),
                 id: id.clone(),
                 include_descriptor: true,
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("acknowledged {id} unreadable: {e}"))

@@ -207,6 +207,7 @@ async fn ids_and_metadata_with_control_characters_or_absurd_sizes() {
             gallery: "g".into(),
             id: "control-meta".into(),
             include_descriptor: false,
+            ..Default::default()
         })
         .await
         .unwrap()

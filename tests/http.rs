@@ -348,6 +348,7 @@ async fn every_route_with_its_errors_against_the_real_server() {
     let ix = grpc
         .gallery_stats(pb::GalleryStatsRequest {
             gallery: "groc".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -431,6 +432,7 @@ async fn every_route_with_its_errors_against_the_real_server() {
             gallery: "groc".into(),
             id: "missing".into(),
             include_descriptor: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();

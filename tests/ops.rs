@@ -216,6 +216,7 @@ async fn metrics_move_with_real_traffic() {
     );
     let mut req = Request::new(pb::GalleryStatsRequest {
         gallery: "nope".into(),
+        ..Default::default()
     });
     req.metadata_mut()
         .insert("x-request-id", "failing-call".parse().unwrap());

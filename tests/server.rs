@@ -123,6 +123,7 @@ async fn add_search_remove_and_find_everything_after_restart() {
             gallery: "groc".into(),
             id: gone.clone(),
             include_descriptor: false,
+            ..Default::default()
         })
         .await;
     assert_eq!(err.unwrap_err().code(), Code::NotFound);
@@ -136,6 +137,7 @@ async fn add_search_remove_and_find_everything_after_restart() {
                 gallery: "groc".into(),
                 page_size: 10,
                 page_token: token,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -165,6 +167,7 @@ async fn add_search_remove_and_find_everything_after_restart() {
     let generation = client
         .gallery_stats(pb::GalleryStatsRequest {
             gallery: "groc".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -183,6 +186,7 @@ async fn add_search_remove_and_find_everything_after_restart() {
     let stats = client
         .gallery_stats(pb::GalleryStatsRequest {
             gallery: "groc".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -260,6 +264,7 @@ async fn acknowledged_items_survive_kill_9_mid_stream() {
                 gallery: "g".into(),
                 id: id.clone(),
                 include_descriptor: true,
+                ..Default::default()
             })
             .await;
         let item = item
@@ -270,6 +275,7 @@ async fn acknowledged_items_survive_kill_9_mid_stream() {
     let stats = client
         .gallery_stats(pb::GalleryStatsRequest {
             gallery: "g".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -752,6 +758,7 @@ async fn hostile_requests_get_a_clear_error_and_change_nothing() {
         gallery: "h".into(),
         page_size: 2,
         page_token: token.into(),
+        ..Default::default()
     };
     let first = client.list_items(page("")).await.unwrap().into_inner();
     let second = client
@@ -784,6 +791,7 @@ async fn hostile_requests_get_a_clear_error_and_change_nothing() {
     let stats = client
         .gallery_stats(pb::GalleryStatsRequest {
             gallery: "h".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

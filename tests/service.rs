@@ -37,7 +37,7 @@ async fn start(data: &std::path::Path, extra: &str) -> Running {
         cfg.post_processing.gallery_config(),
     )
     .unwrap();
-    let service = Service::new(Arc::new(engine), Arc::new(galleries), &cfg);
+    let service = Service::new(Arc::new(engine), Arc::new(galleries), None, &cfg);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let bound = lookalike::server::bind(&cfg, service.clone(), None, async move {
         let _ = stopped.await;

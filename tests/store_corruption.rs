@@ -37,6 +37,7 @@ async fn all_intact(client: &mut Client, dims: usize) {
                 gallery: G.into(),
                 id: format!("item-{i}"),
                 include_descriptor: true,
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("started, but item-{i} is gone: {e}"))

@@ -8,7 +8,7 @@ use crate::gallery::{Hit, Metadata};
 use crate::query::add::{Outcome, Status, Summary};
 use crate::query::batch::{BatchOptions, BatchQuery, BatchResult, BatchSummary};
 use crate::query::checks::Descriptor;
-use crate::query::gallery::{GalleryStats, IndexState};
+use crate::query::gallery::{GalleryStats, IndexState, ReplicationState};
 use crate::query::item::Content;
 use crate::query::plan::{KrOptions, PostOptions, QeOptions};
 use crate::query::search::{Found, Options, Query, NO_QUERY};
@@ -32,9 +32,14 @@ pub fn descriptor(d: pb::Descriptor) -> Descriptor {
 }
 
 /// A search's gallery, query (or why it has none) and options.
-pub fn search_request(r: pb::SearchRequest) -> (String, Result<Query, ServiceError>, Options) {
+/// A Search call: the gallery, the minimum sequence to wait for, the
+/// query and the options.
+pub type SearchCall = (String, u64, Result<Query, ServiceError>, Options);
+
+pub fn search_request(r: pb::SearchRequest) -> SearchCall {
     let pb::SearchRequest {
         gallery,
+        min_sequence,
         query,
         top_k,
         filter,
@@ -56,7 +61,7 @@ pub fn search_request(r: pb::SearchRequest) -> (String, Result<Query, ServiceErr
         filter: metadata(filter),
         post: post(post_processing),
     };
-    (gallery, query, opts)
+    (gallery, min_sequence, query, opts)
 }
 
 fn post(p: Option<pb::PostProcessing>) -> PostOptions {
@@ -204,6 +209,7 @@ pub fn stats(s: GalleryStats) -> pb::GalleryStatsResponse {
         model_fingerprint,
         execution_provider,
         index,
+        replication,
     } = s;
     let IndexState {
         points,
@@ -243,6 +249,20 @@ pub fn stats(s: GalleryStats) -> pb::GalleryStatsResponse {
             target_recall_reached,
             build_seconds,
         }),
+        replication: replication.map(|r| {
+            let ReplicationState {
+                applied_sequence,
+                lag,
+                caught_up,
+                connected,
+            } = r;
+            pb::ReplicationState {
+                applied_sequence,
+                lag,
+                caught_up,
+                connected,
+            }
+        }),
     }
 }
 
@@ -252,6 +272,7 @@ pub fn outcome(o: Outcome) -> pb::ItemOutcome {
         id,
         status,
         reason,
+        sequence,
     } = o;
     use pb::item_outcome::Status as S;
     let status = match status {
@@ -265,6 +286,7 @@ pub fn outcome(o: Outcome) -> pb::ItemOutcome {
         status: status as i32,
         reason,
         index,
+        sequence,
     }
 }
 

@@ -46,6 +46,22 @@ impl Health {
         *self.serving.borrow()
     }
 
+    /// A cluster replica: NOT_SERVING until it has caught up with every
+    /// gallery's stream (it serves its own copy meanwhile, but a load
+    /// balancer should not send it traffic yet).
+    pub async fn follow_replication(&self, mut ready: watch::Receiver<bool>) {
+        if *ready.borrow() {
+            return;
+        }
+        self.set(false, "catching up with the cluster").await;
+        let health = self.clone();
+        tokio::spawn(async move {
+            if ready.wait_for(|r| *r).await.is_ok() {
+                health.set(true, "caught up with the cluster").await;
+            }
+        });
+    }
+
     /// Turns NOT_SERVING for good once the engine reports a dead worker.
     pub fn follow_engine(&self, mut engine_ok: watch::Receiver<bool>) {
         let health = self.clone();

@@ -51,7 +51,7 @@ pub(super) async fn run(service: Arc<Service>, stream: Streaming<pb::AddItem>, t
                 }
             }
         }
-        for o in add::add_round(&service.preparer, items).await {
+        for o in add::add_round(&service, items).await {
             summary.count(&o);
             let response = pb::AddResponse {
                 kind: Some(Kind::Outcome(convert::outcome(o))),

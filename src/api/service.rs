@@ -42,9 +42,11 @@ impl Retrieval for RetrievalService {
         &self,
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
-        let (gallery, query, opts) = convert::search_request(request.into_inner());
-        let g = self.service.gallery(&gallery)?;
-        let found = self.service.searcher.search(g, query?, opts).await?;
+        let (gallery, min_sequence, query, opts) = convert::search_request(request.into_inner());
+        let found = self
+            .service
+            .search(&gallery, min_sequence, query?, opts)
+            .await?;
         Ok(Response::new(convert::found(found)))
     }
 
@@ -71,10 +73,11 @@ impl Retrieval for RetrievalService {
         let pb::RemoveRequest { gallery, ids } = request.into_inner();
         let g = self.service.gallery(&gallery)?;
         let n = ids.len();
-        let not_found = gallery::remove(g, ids).await?;
+        let (not_found, sequence) = self.service.remove(g, ids).await?;
         Ok(Response::new(pb::RemoveResponse {
             removed: (n - not_found.len()) as u64,
             not_found,
+            sequence,
         }))
     }
 
@@ -86,8 +89,9 @@ impl Retrieval for RetrievalService {
             gallery,
             id,
             include_descriptor,
+            min_sequence,
         } = request.into_inner();
-        let g = self.service.gallery(&gallery)?;
+        let g = self.service.gallery_at(&gallery, min_sequence).await?;
         let e = checks::item(&g, &id)?;
         let descriptor = include_descriptor.then(|| pb::Descriptor {
             values: e.vector.to_vec(),
@@ -108,8 +112,9 @@ impl Retrieval for RetrievalService {
             gallery,
             page_size,
             page_token,
+            min_sequence,
         } = request.into_inner();
-        let g = self.service.gallery(&gallery)?;
+        let g = self.service.gallery_at(&gallery, min_sequence).await?;
         let (page, next_page_token) = gallery::page(&g, page_size, &page_token)?;
         let items = page
             .into_iter()
@@ -129,8 +134,11 @@ impl Retrieval for RetrievalService {
         &self,
         request: Request<pb::GalleryStatsRequest>,
     ) -> Result<Response<pb::GalleryStatsResponse>, Status> {
-        let pb::GalleryStatsRequest { gallery } = request.into_inner();
-        let g = self.service.gallery(&gallery)?;
+        let pb::GalleryStatsRequest {
+            gallery,
+            min_sequence,
+        } = request.into_inner();
+        let g = self.service.gallery_at(&gallery, min_sequence).await?;
         Ok(Response::new(convert::stats(self.service.stats(&g))))
     }
 

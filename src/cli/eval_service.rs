@@ -232,6 +232,7 @@ impl ServiceEval<'_> {
             let s = c
                 .gallery_stats(pb::GalleryStatsRequest {
                     gallery: name.clone(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

@@ -10,7 +10,7 @@ use parking_lot::RwLock;
 use super::post::PostConfig;
 use super::{persist, validate_gallery_name, Gallery, GalleryError};
 use crate::index::HnswParams;
-use crate::store::{GalleryMeta, Store, StoreError};
+use crate::store::{GalleryMeta, Position, Store, StoreError};
 
 /// All galleries of one store.
 pub struct Galleries {
@@ -85,13 +85,24 @@ impl Galleries {
     }
 
     pub fn create(&self, name: &str, meta: GalleryMeta) -> Result<Arc<Gallery>, GalleryError> {
+        self.create_at(name, meta, None)
+    }
+
+    /// `create`, for a cluster replica: the gallery starts at `position`
+    /// of its stream.
+    pub fn create_at(
+        &self,
+        name: &str,
+        meta: GalleryMeta,
+        position: Option<Position>,
+    ) -> Result<Arc<Gallery>, GalleryError> {
         validate_gallery_name(name)?;
         let mut map = self.map.write();
         if map.contains_key(name) {
             return Err(GalleryError::Exists(name.to_string()));
         }
         self.store
-            .create_gallery(name, &meta)
+            .create_gallery_at(name, &meta, position)
             .map_err(|e| match e {
                 StoreError::GalleryExists(n) => GalleryError::Exists(n),
                 e => e.into(),

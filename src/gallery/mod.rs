@@ -228,7 +228,8 @@ impl Gallery {
     }
 }
 
-fn validate_gallery_name(name: &str) -> Result<(), GalleryError> {
+/// Gallery names: 1-64 characters from A-Z a-z 0-9 . _ -, not all dots.
+pub fn validate_gallery_name(name: &str) -> Result<(), GalleryError> {
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));

@@ -1,10 +1,11 @@
 //! Adding, replacing and removing items: the store first (one durable
-//! transaction per call), then the in-memory state and the index.
+//! transaction per call), then the in-memory state and the index. A
+//! cluster replica applies its stream through the same path (`apply`).
 
 use crate::index::Vector;
-use crate::store::{Change, ItemRecord};
+use crate::store::{Change, ItemRecord, Position};
 
-use super::{validate_id, Entry, Gallery, GalleryError, NewItem};
+use super::{validate_id, Entry, Gallery, GalleryError, NewItem, Writing};
 
 impl Gallery {
     /// Adds or replaces items durably (one transaction); returns, per item,
@@ -20,28 +21,10 @@ impl Gallery {
         thumbs: &[(&str, &[u8])],
     ) -> Result<Vec<bool>, GalleryError> {
         for it in &items {
-            validate_id(&it.id)?;
-            if it.vector.len() != self.dims() {
-                return Err(GalleryError::Dims {
-                    gallery: self.name.clone(),
-                    got: it.vector.len(),
-                    want: self.dims(),
-                });
-            }
+            self.check_item(&it.id, &it.vector)?;
         }
         let w = self.writing();
-        let (first_seq, space) = {
-            let state = self.state.read();
-            (state.next_seq(), state.projection().cloned())
-        };
-        // In the index's space (the writer lock keeps it from changing).
-        let indexed: Vec<Vector> = items
-            .iter()
-            .map(|it| match &space {
-                Some(p) => p.apply(&it.vector).map(Vector::from),
-                None => Ok(it.vector.clone().into()),
-            })
-            .collect::<Result<_, _>>()?;
+        let first_seq = self.state.read().next_seq();
         let changes: Vec<Change> = items
             .into_iter()
             .zip(first_seq..)
@@ -54,31 +37,7 @@ impl Gallery {
                 },
             })
             .collect();
-        let replaced = self.store.write_with(&self.name, &changes, thumbs)?;
-
-        let mut state = self.state.write();
-        let first_point = state.reserve_points(changes.len());
-        let mut new_points = Vec::with_capacity(changes.len());
-        for ((change, point), indexed) in changes.into_iter().zip(first_point..).zip(indexed) {
-            // Every change here is a put.
-            let Change::Put { id, record } = change else {
-                continue;
-            };
-            let entry = Entry {
-                seq: record.seq,
-                metadata: record.metadata,
-                vector: record.descriptor.into(),
-                indexed: indexed.clone(),
-                point,
-            };
-            state.insert(id, entry);
-            new_points.push((point, indexed));
-        }
-        self.index.insert_many(&new_points);
-        drop(state);
-        self.request_refresh();
-        self.maintain_index(&w);
-        Ok(replaced)
+        self.commit(&w, changes, thumbs, None)
     }
 
     /// Removes items durably; returns the ids that were not there.
@@ -88,21 +47,117 @@ impl Gallery {
             .iter()
             .map(|id| Change::Delete { id: id.clone() })
             .collect();
-        let existed = self.store.write(&self.name, &changes)?;
+        let existed = self.commit(&w, changes, &[], None)?;
+        Ok(ids
+            .iter()
+            .zip(existed)
+            .filter(|(_, was)| !was)
+            .map(|(id, _)| id.clone())
+            .collect())
+    }
+
+    /// A cluster replica's write: a run of its stream's changes, in stream
+    /// order (puts carry their stream sequence as seq, and unit
+    /// descriptors), with the position they bring the gallery to, in one
+    /// transaction. Returns, per change, whether its id existed before.
+    pub fn apply(
+        &self,
+        changes: Vec<Change>,
+        thumbs: &[(&str, &[u8])],
+        position: Position,
+    ) -> Result<Vec<bool>, GalleryError> {
+        for c in &changes {
+            self.check_change(c)?;
+        }
+        let w = self.writing();
+        self.commit(&w, changes, thumbs, Some(position))
+    }
+
+    /// Where this replica's copy stands in its stream (None: not a
+    /// replicated gallery).
+    pub fn position(&self) -> Result<Option<Position>, GalleryError> {
+        Ok(self.store.position(&self.name)?)
+    }
+
+    /// Whether this gallery can take `change` (its id, its dims).
+    pub fn check_change(&self, change: &Change) -> Result<(), GalleryError> {
+        match change {
+            Change::Put { id, record } => self.check_item(id, &record.descriptor),
+            Change::Delete { id } => validate_id(id),
+        }
+    }
+
+    fn check_item(&self, id: &str, vector: &[f32]) -> Result<(), GalleryError> {
+        validate_id(id)?;
+        if vector.len() != self.dims() {
+            return Err(GalleryError::Dims {
+                gallery: self.name.clone(),
+                got: vector.len(),
+                want: self.dims(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stores `changes` in one transaction, then applies them in order to
+    /// the state and the index. Returns, per change, whether its id
+    /// existed before.
+    fn commit(
+        &self,
+        w: &Writing<'_>,
+        changes: Vec<Change>,
+        thumbs: &[(&str, &[u8])],
+        position: Option<Position>,
+    ) -> Result<Vec<bool>, GalleryError> {
+        let space = self.state.read().projection().cloned();
+        // In the index's space (the writer lock keeps it from changing).
+        let indexed: Vec<Option<Vector>> = changes
+            .iter()
+            .map(|c| match (c, &space) {
+                (Change::Put { record, .. }, Some(p)) => {
+                    p.apply(&record.descriptor).map(|v| Some(Vector::from(v)))
+                }
+                (Change::Put { record, .. }, None) => Ok(Some(record.descriptor.clone().into())),
+                (Change::Delete { .. }, _) => Ok(None),
+            })
+            .collect::<Result<_, _>>()?;
+        let existed = self
+            .store
+            .write_at(&self.name, &changes, thumbs, position)?;
+
         let mut state = self.state.write();
-        let mut missing = Vec::new();
-        for (id, was) in ids.iter().zip(existed) {
-            if !was {
-                missing.push(id.clone());
-            } else {
-                state.remove(id);
+        let puts = indexed.iter().flatten().count();
+        let mut points = state.reserve_points(puts)..;
+        let mut new_points = Vec::with_capacity(puts);
+        let mut changed = false;
+        for ((change, indexed), was) in changes.into_iter().zip(indexed).zip(&existed) {
+            match (change, indexed) {
+                (Change::Put { id, record }, Some(indexed)) => {
+                    let point = points.next().unwrap_or_default();
+                    let entry = Entry {
+                        seq: record.seq,
+                        metadata: record.metadata,
+                        vector: record.descriptor.into(),
+                        indexed: indexed.clone(),
+                        point,
+                    };
+                    state.insert(id, entry);
+                    new_points.push((point, indexed));
+                    changed = true;
+                }
+                (Change::Delete { id }, _) if *was => {
+                    state.remove(&id);
+                    changed = true;
+                }
+                _ => {}
             }
         }
+        self.index.insert_many(&new_points);
         drop(state);
-        if missing.len() < ids.len() {
+        if changed {
             self.request_refresh();
         }
-        self.maintain_index(&w);
-        Ok(missing)
+        self.maintain_index(w);
+        Ok(existed)
     }
 }

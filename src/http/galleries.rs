@@ -1,13 +1,14 @@
 //! Galleries: list, create, stats, drop.
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorBody, Rejections};
-use super::App;
+use super::items::ReadParams;
+use super::{extract, App};
 use crate::query::gallery::GalleryStats;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -82,7 +83,7 @@ pub async fn create_gallery(
 /// Items, dimensions, model, execution provider and index state.
 #[utoipa::path(
     get, path = "/v1/galleries/{gallery}", tag = "galleries",
-    params(("gallery" = String, Path, description = "Gallery name")),
+    params(("gallery" = String, Path, description = "Gallery name"), ReadParams),
     responses(
         (status = 200, body = GalleryStats),
         (status = 401, description = "No or wrong API key", body = ErrorBody),
@@ -92,8 +93,10 @@ pub async fn create_gallery(
 pub async fn gallery_stats(
     State(app): State<App>,
     Path(name): Path<String>,
+    params: Result<Query<ReadParams>, QueryRejection>,
 ) -> Result<Json<GalleryStats>, ApiError> {
-    let g = app.service.gallery(&name)?;
+    let p = extract::params(params, app.max_body)?;
+    let g = app.service.gallery_at(&name, p.min_sequence).await?;
     Ok(Json(app.service.stats(&g)))
 }
 

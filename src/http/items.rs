@@ -62,6 +62,8 @@ pub struct ItemPage {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Removed {
     pub removed: u64,
+    /// On a cluster, the removal's stream sequence (0 on a single node).
+    pub sequence: u64,
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -71,6 +73,9 @@ pub struct PageParams {
     /// 0: 100; at most 1000.
     pub page_size: u32,
     pub page_token: String,
+    /// On a cluster: wait (bounded) until this replica has applied this
+    /// sequence of the gallery's stream (a write's `sequence`); 0: at once.
+    pub min_sequence: u64,
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -78,6 +83,18 @@ pub struct PageParams {
 #[into_params(parameter_in = Query)]
 pub struct GetParams {
     pub include_descriptor: bool,
+    /// On a cluster: wait (bounded) until this replica has applied this
+    /// sequence of the gallery's stream (a write's `sequence`); 0: at once.
+    pub min_sequence: u64,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReadParams {
+    /// On a cluster: wait (bounded) until this replica has applied this
+    /// sequence of the gallery's stream (a write's `sequence`); 0: at once.
+    pub min_sequence: u64,
 }
 
 /// Where a page shows item `id` from: its URL metadata, else its stored
@@ -202,7 +219,7 @@ pub async fn add_items(
                 metadata,
             })
             .collect();
-        for o in add::add_round(&app.service.preparer, round).await {
+        for o in add::add_round(&app.service, round).await {
             summary.count(&o);
             outcomes.push(o);
         }
@@ -227,7 +244,7 @@ pub async fn list_items(
     params: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Json<ItemPage>, ApiError> {
     let p = extract::params(params, app.max_body)?;
-    let g = app.service.gallery(&name)?;
+    let g = app.service.gallery_at(&name, p.min_sequence).await?;
     let (page, next_page_token) = gallery::page(&g, p.page_size, &p.page_token)?;
     let items = page
         .into_iter()
@@ -261,7 +278,7 @@ pub async fn get_item(
     params: Result<Query<GetParams>, QueryRejection>,
 ) -> Result<Json<Item>, ApiError> {
     let p = extract::params(params, app.max_body)?;
-    let g = app.service.gallery(&name)?;
+    let g = app.service.gallery_at(&name, p.min_sequence).await?;
     let e = checks::item(&g, &id)?;
     let descriptor = p.include_descriptor.then(|| DescriptorJson {
         values: e.vector.to_vec(),
@@ -292,11 +309,14 @@ pub async fn remove_item(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<Removed>, ApiError> {
     let g = app.service.gallery(&name)?;
-    let missing = gallery::remove(g, vec![id.clone()]).await?;
+    let (missing, sequence) = app.service.remove(g, vec![id.clone()]).await?;
     if !missing.is_empty() {
         return Err(GalleryError::NoItem { gallery: name, id }.into());
     }
-    Ok(Json(Removed { removed: 1 }))
+    Ok(Json(Removed {
+        removed: 1,
+        sequence,
+    }))
 }
 
 /// The JPEG thumbnail stored with the item.

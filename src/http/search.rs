@@ -65,6 +65,9 @@ pub struct RawSearchParams {
     pub query_expansion: Option<bool>,
     /// k-reciprocal re-ranking on or off (server default when unset).
     pub k_reciprocal: Option<bool>,
+    /// On a cluster: wait (bounded) until this replica has applied this
+    /// sequence of the gallery's stream (a write's `sequence`); 0: at once.
+    pub min_sequence: u64,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -171,7 +174,9 @@ pub async fn search(
     req: Request,
 ) -> Result<Json<SearchResponse>, ApiError> {
     let params = extract::params(params, app.max_body)?;
-    let g = app.service.gallery(&gallery)?;
+    let min_sequence = params.min_sequence;
+    // Checked before the body is read: a missing gallery fails fast.
+    app.service.gallery(&gallery)?;
     let (query, opts) = match extract::body(req, app.max_body).await? {
         Body::Json(b) => extract::json::<SearchRequest>(&b, "search request")?.split(None)?,
         Body::Form(parts) => {
@@ -184,7 +189,10 @@ pub async fn search(
         }
         Body::Raw(b) => (SearchQuery::Image(b.to_vec()), params.into()),
     };
-    let found = app.service.searcher.search(g, query, opts).await?;
+    let found = app
+        .service
+        .search(&gallery, min_sequence, query, opts)
+        .await?;
     let hits = found
         .hits
         .into_iter()

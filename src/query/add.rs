@@ -2,15 +2,18 @@
 //! prepared (checked, embedded) concurrently, so the batcher can batch
 //! them, then the valid ones are committed in one transaction per gallery
 //! (thumbnails with them), with one outcome per item, in arrival order. An
-//! outcome says `added` only after its item's transaction has committed.
+//! outcome says `added` only after its item's transaction has committed,
+//! or on a cluster once JetStream has acknowledged it (`cluster::writes`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::item::{Content, Prepared, Preparer};
+use super::item::{Content, Prepared};
+use super::service::Service;
 use super::ServiceError;
+use crate::cluster::{self, Cluster};
 use crate::gallery::{Gallery, Metadata, NewItem};
 
 /// Items prepared concurrently per round, so the batcher can batch them.
@@ -29,7 +32,8 @@ pub struct Incoming {
 
 /// Prepares one round of items concurrently and commits the valid ones;
 /// returns every item's outcome in the order given.
-pub async fn add_round(preparer: &Preparer, items: Vec<Incoming>) -> Vec<Outcome> {
+pub async fn add_round(service: &Service, items: Vec<Incoming>) -> Vec<Outcome> {
+    let preparer = &service.preparer;
     let jobs = items.into_iter().map(|i| async move {
         let result = match i.gallery {
             Ok(g) => preparer
@@ -44,7 +48,8 @@ pub async fn add_round(preparer: &Preparer, items: Vec<Incoming>) -> Vec<Outcome
             result,
         }
     });
-    commit(futures::future::join_all(jobs).await).await
+    let pending = futures::future::join_all(jobs).await;
+    commit(pending, service.cluster.as_deref()).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -66,6 +71,9 @@ pub struct Outcome {
     pub status: Status,
     /// Why the item was not stored (empty when it was).
     pub reason: String,
+    /// On a cluster, the write's stream sequence: reads that name it as
+    /// their minimum see it on every replica (0 on a single node).
+    pub sequence: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
@@ -98,9 +106,9 @@ struct Pending {
 /// One gallery's valid items, with their slots in the outcome list.
 type Group = (Arc<Gallery>, Vec<(usize, Prepared)>);
 
-/// Commits the valid items (one transaction per gallery) and returns
-/// every item's outcome in the order given.
-async fn commit(pending: Vec<Pending>) -> Vec<Outcome> {
+/// Commits the valid items (one transaction per gallery, or published to
+/// the cluster) and returns every item's outcome in the order given.
+async fn commit(pending: Vec<Pending>, cluster: Option<&Cluster>) -> Vec<Outcome> {
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(pending.len());
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     for (slot, p) in pending.into_iter().enumerate() {
@@ -109,6 +117,7 @@ async fn commit(pending: Vec<Pending>) -> Vec<Outcome> {
             id: p.id,
             status: Status::Rejected,
             reason: String::new(),
+            sequence: 0,
         };
         match p.result {
             Ok((g, item)) => groups
@@ -127,6 +136,10 @@ async fn commit(pending: Vec<Pending>) -> Vec<Outcome> {
     }
     for (_, (g, items)) in groups {
         let (slots, items): (Vec<usize>, Vec<Prepared>) = items.into_iter().unzip();
+        if let Some(c) = cluster {
+            publish(c, &g, slots, items, &mut outcomes).await;
+            continue;
+        }
         let result = tokio::task::spawn_blocking(move || {
             let (items, thumbs): (Vec<NewItem>, Vec<Option<Vec<u8>>>) =
                 items.into_iter().map(|p| (p.item, p.thumbnail)).unzip();
@@ -161,4 +174,43 @@ async fn commit(pending: Vec<Pending>) -> Vec<Outcome> {
         }
     }
     outcomes
+}
+
+/// One gallery's valid items, published to its stream.
+async fn publish(
+    c: &Cluster,
+    g: &Gallery,
+    slots: Vec<usize>,
+    items: Vec<Prepared>,
+    outcomes: &mut [Outcome],
+) {
+    let puts = items
+        .into_iter()
+        .map(|p| cluster::Put {
+            id: p.item.id,
+            vector: p.item.vector,
+            metadata: p.item.metadata,
+            thumbnail: p.thumbnail,
+        })
+        .collect();
+    for (slot, written) in slots.into_iter().zip(c.add(g.name(), puts).await) {
+        let o = &mut outcomes[slot];
+        match written {
+            Ok(w) => {
+                o.status = if w.replaced {
+                    Status::Replaced
+                } else {
+                    Status::Added
+                };
+                o.sequence = w.sequence;
+            }
+            Err(e) => {
+                let e = ServiceError::from(e).logged();
+                if e.kind().retryable() {
+                    o.status = Status::RetryLater;
+                }
+                o.reason = e.to_string();
+            }
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! code and an HTTP status. Messages are written for a person and are the
 //! same on both transports.
 
+use crate::cluster::ClusterError;
 use crate::embed::preprocess::ImageError;
 use crate::embed::EmbedError;
 use crate::gallery::online::OnlineError;
@@ -112,6 +113,8 @@ pub enum ServiceError {
     #[error(transparent)]
     Gallery(#[from] GalleryError),
     #[error(transparent)]
+    Cluster(ClusterError),
+    #[error(transparent)]
     Online(#[from] OnlineError),
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -145,17 +148,21 @@ impl ServiceError {
                 EmbedError::ShuttingDown | EmbedError::WorkerDied => Kind::Unavailable,
                 EmbedError::Manifest { .. } | EmbedError::Runtime(_) => Kind::Internal,
             },
-            ServiceError::Gallery(e) => match e {
-                GalleryError::NoGallery(_) | GalleryError::NoItem { .. } => Kind::NotFound,
-                GalleryError::Exists(_) => Kind::AlreadyExists,
-                GalleryError::InvalidName { .. }
-                | GalleryError::Dims { .. }
-                | GalleryError::Degenerate
-                | GalleryError::PageToken(_) => Kind::InvalidArgument,
-                GalleryError::Store(s) if s.is_disk_full() => Kind::StorageFull,
-                GalleryError::Store(_) | GalleryError::Post(_) | GalleryError::Persist(_) => {
-                    Kind::Internal
-                }
+            ServiceError::Gallery(e) => gallery_kind(e),
+            ServiceError::Cluster(e) => match e {
+                ClusterError::Unreachable(_)
+                | ClusterError::NotAcknowledged { .. }
+                | ClusterError::Behind { .. }
+                | ClusterError::Changed(_)
+                | ClusterError::NotApplied(_)
+                | ClusterError::Nats(_)
+                | ClusterError::Connect(_) => Kind::Unavailable,
+                ClusterError::OtherModel { .. }
+                | ClusterError::Refused(_)
+                | ClusterError::LocalOnly(_) => Kind::FailedPrecondition,
+                ClusterError::TooLarge { .. } => Kind::InvalidArgument,
+                ClusterError::Local(_) => Kind::Internal,
+                ClusterError::Gallery(e) => gallery_kind(e),
             },
             ServiceError::Online(e) => match e {
                 // Parameters are validated up front; what is left is a bug.
@@ -177,6 +184,29 @@ impl ServiceError {
             tracing::error!(error = %self, "request failed");
         }
         self
+    }
+}
+
+fn gallery_kind(e: &GalleryError) -> Kind {
+    match e {
+        GalleryError::NoGallery(_) | GalleryError::NoItem { .. } => Kind::NotFound,
+        GalleryError::Exists(_) => Kind::AlreadyExists,
+        GalleryError::InvalidName { .. }
+        | GalleryError::Dims { .. }
+        | GalleryError::Degenerate
+        | GalleryError::PageToken(_) => Kind::InvalidArgument,
+        GalleryError::Store(s) if s.is_disk_full() => Kind::StorageFull,
+        GalleryError::Store(_) | GalleryError::Post(_) | GalleryError::Persist(_) => Kind::Internal,
+    }
+}
+
+/// A gallery error from the cluster is the gallery error itself.
+impl From<ClusterError> for ServiceError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::Gallery(g) => ServiceError::Gallery(g),
+            e => ServiceError::Cluster(e),
+        }
     }
 }
 

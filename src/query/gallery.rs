@@ -69,6 +69,23 @@ pub struct GalleryStats {
     pub model_fingerprint: String,
     pub execution_provider: String,
     pub index: IndexState,
+    /// This replica's place in the gallery's stream (absent on a single
+    /// node).
+    pub replication: Option<ReplicationState>,
+}
+
+/// How far a cluster replica has applied a gallery's stream.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct ReplicationState {
+    /// The last stream sequence applied here: reads that ask for at most
+    /// this see every write up to it.
+    pub applied_sequence: u64,
+    /// Stream messages not applied here yet.
+    pub lag: u64,
+    /// Whether it has reached the stream's end once since starting.
+    pub caught_up: bool,
+    /// Whether this replica is connected to the NATS cluster.
+    pub connected: bool,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -122,5 +139,6 @@ pub fn stats(g: &Gallery, provider: &str) -> GalleryStats {
             target_recall_reached: cal.is_some_and(|c| c.reached),
             build_seconds: cal.map_or(0.0, |c| c.build_seconds),
         },
+        replication: None,
     }
 }

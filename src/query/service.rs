@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use super::admission::SearchAdmission;
 use super::batch::BatchSearcher;
-use super::gallery::{self, GalleryStats};
+use super::gallery::{self, GalleryStats, ReplicationState};
 use super::item::Preparer;
-use super::search::Searcher;
+use super::search::{Found, Options, Query, Searcher};
 use super::timing::{timings, Timing};
 use super::ServiceError;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::embed::Engine;
 use crate::gallery::{Galleries, Gallery};
@@ -22,6 +23,8 @@ pub struct Service {
     pub searcher: Searcher,
     pub batch: BatchSearcher,
     pub preparer: Preparer,
+    /// The replication this replica takes part in (None: a single node).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// An image's descriptor from the serving model.
@@ -32,7 +35,12 @@ pub struct Embedded {
 }
 
 impl Service {
-    pub fn new(engine: Arc<Engine>, galleries: Arc<Galleries>, cfg: &Config) -> Arc<Self> {
+    pub fn new(
+        engine: Arc<Engine>,
+        galleries: Arc<Galleries>,
+        cluster: Option<Arc<Cluster>>,
+        cfg: &Config,
+    ) -> Arc<Self> {
         let admission = Arc::new(SearchAdmission::new(cfg.search));
         Arc::new(Self {
             searcher: Searcher::new(engine.clone(), cfg, admission.clone()),
@@ -50,6 +58,7 @@ impl Service {
             },
             engine,
             galleries,
+            cluster,
         })
     }
 
@@ -59,11 +68,58 @@ impl Service {
     }
 
     pub fn gallery(&self, name: &str) -> Result<Arc<Gallery>, ServiceError> {
-        Ok(self.galleries.get(name)?)
+        match &self.cluster {
+            Some(c) => Ok(c.gallery(name)?),
+            None => Ok(self.galleries.get(name)?),
+        }
+    }
+
+    /// Gallery `name` once this replica has applied `min_sequence` of its
+    /// stream (read-your-writes across replicas; 0, or a single node: at
+    /// once). UNAVAILABLE, with the lag, when it does not in time.
+    pub async fn gallery_at(
+        &self,
+        name: &str,
+        min_sequence: u64,
+    ) -> Result<Arc<Gallery>, ServiceError> {
+        if let Some(c) = &self.cluster {
+            c.wait_for(name, min_sequence).await?;
+        }
+        self.gallery(name)
+    }
+
+    /// Searches gallery `name` once it has `min_sequence` applied; an
+    /// answer from a replica cut off from the cluster says so.
+    pub async fn search(
+        &self,
+        name: &str,
+        min_sequence: u64,
+        query: Query,
+        opts: Options,
+    ) -> Result<Found, ServiceError> {
+        let g = self.gallery_at(name, min_sequence).await?;
+        let mut found = self.searcher.search(g, query, opts).await?;
+        found.degraded.extend(self.staleness());
+        Ok(found)
+    }
+
+    /// Why this replica's answers may be stale (None: they are current).
+    pub fn staleness(&self) -> Option<String> {
+        self.cluster.as_ref().and_then(|c| c.staleness())
     }
 
     pub fn stats(&self, g: &Gallery) -> GalleryStats {
-        gallery::stats(g, self.engine.provider().name())
+        let mut s = gallery::stats(g, self.engine.provider().name());
+        s.replication = self.cluster.as_ref().map(|c| {
+            let track = c.progress().get(g.name());
+            ReplicationState {
+                applied_sequence: track.as_ref().map_or(0, |t| t.applied()),
+                lag: track.as_ref().map_or(0, |t| t.lag()),
+                caught_up: track.as_ref().is_some_and(|t| t.caught_up()),
+                connected: c.disconnected_for().is_none(),
+            }
+        });
+        s
     }
 
     /// Every gallery's statistics, in name order.
@@ -75,14 +131,34 @@ impl Service {
             .collect()
     }
 
-    /// Creates gallery `name` for the serving model.
+    /// Creates gallery `name` for the serving model (on every replica).
     pub async fn create_gallery(&self, name: String) -> Result<Arc<Gallery>, ServiceError> {
-        gallery::create(&self.engine, &self.galleries, name).await
+        match &self.cluster {
+            Some(c) => Ok(c.create_gallery(&name).await?),
+            None => gallery::create(&self.engine, &self.galleries, name).await,
+        }
     }
 
-    /// Drops gallery `name`; returns how many items it held.
+    /// Drops gallery `name` (on every replica); returns how many items it
+    /// held.
     pub async fn drop_gallery(&self, name: String) -> Result<u64, ServiceError> {
-        gallery::drop(&self.galleries, name).await
+        match &self.cluster {
+            Some(c) => Ok(c.drop_gallery(&name).await?),
+            None => gallery::drop(&self.galleries, name).await,
+        }
+    }
+
+    /// Removes `ids` from `g`; returns those that were not there, and the
+    /// write's stream sequence (0 on a single node).
+    pub async fn remove(
+        &self,
+        g: Arc<Gallery>,
+        ids: Vec<String>,
+    ) -> Result<(Vec<String>, u64), ServiceError> {
+        match &self.cluster {
+            Some(c) => Ok(c.remove(g.name(), ids).await?),
+            None => Ok((gallery::remove(g, ids).await?, 0)),
+        }
     }
 
     pub async fn embed(&self, image: Vec<u8>) -> Result<Embedded, ServiceError> {

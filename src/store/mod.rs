@@ -30,6 +30,9 @@ pub use record::ItemRecord;
 const GALLERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("galleries");
 /// Gallery -> the next item seq to issue.
 const SEQUENCES: TableDefinition<&str, u64> = TableDefinition::new("sequences");
+/// Gallery -> its replication position (JSON [`Position`]); only for
+/// galleries a cluster replica applies from a stream.
+const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("replication");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -47,6 +50,14 @@ pub enum StoreError {
     NoGallery(String),
     #[error("gallery {0:?} already exists")]
     GalleryExists(String),
+    #[error("gallery {0:?} was dropped and created again while a write of its old incarnation was applied; nothing was written")]
+    OtherIncarnation(String),
+    #[error("stream message {seq} of gallery {gallery:?} was already applied (up to {applied}): a bug, nothing was written")]
+    Replayed {
+        gallery: String,
+        seq: u64,
+        applied: u64,
+    },
     #[error("item seq {seq} of gallery {gallery:?} was already issued (the next is {next}): a bug, nothing was written")]
     SeqReused {
         gallery: String,
@@ -109,6 +120,21 @@ from_redb!(
 pub struct GalleryMeta {
     pub model_fingerprint: String,
     pub dims: u32,
+}
+
+/// How far a replicated gallery has applied its stream, written in the
+/// same transaction as the changes it covers: a restart resumes after
+/// `applied`, and nothing is applied twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The gallery's incarnation in the cluster (the revision of its
+    /// definition): one dropped and created again under the same name is
+    /// another gallery with another stream.
+    pub incarnation: u64,
+    /// The last stream sequence applied (0: none).
+    pub applied: u64,
+    /// That message's stream timestamp, ms since the epoch (0: none).
+    pub at_ms: u64,
 }
 
 /// A change to one item inside a [`Store::write`] transaction. Owned, so
@@ -247,6 +273,16 @@ impl Store {
     }
 
     pub fn create_gallery(&self, name: &str, meta: &GalleryMeta) -> Result<(), StoreError> {
+        self.create_gallery_at(name, meta, None)
+    }
+
+    /// `create_gallery`, for a replica: with its replication position.
+    pub fn create_gallery_at(
+        &self,
+        name: &str,
+        meta: &GalleryMeta,
+        position: Option<Position>,
+    ) -> Result<(), StoreError> {
         self.with(|db| {
             let txn = db.begin_write()?;
             {
@@ -258,6 +294,10 @@ impl Store {
                     serde_json::to_vec(meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 table.insert(name, json.as_slice())?;
                 txn.open_table(SEQUENCES)?.insert(name, 0u64)?;
+                if let Some(p) = &position {
+                    txn.open_table(POSITIONS)?
+                        .insert(name, encode_position(p).as_slice())?;
+                }
                 let def = items_table(name);
                 txn.open_table(TableDefinition::<&str, &[u8]>::new(&def))?;
             }
@@ -278,6 +318,7 @@ impl Store {
                     return Err(StoreError::NoGallery(name.to_string()));
                 }
                 txn.open_table(SEQUENCES)?.remove(name)?;
+                txn.open_table(POSITIONS)?.remove(name)?;
                 count = txn
                     .open_table(TableDefinition::<&str, &[u8]>::new(&def))?
                     .len()?;
@@ -322,6 +363,23 @@ impl Store {
         })
     }
 
+    /// Where a replicated gallery stands in its stream (None: not a
+    /// replica's, or the gallery does not exist).
+    pub fn position(&self, gallery: &str) -> Result<Option<Position>, StoreError> {
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(POSITIONS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let Some(v) = table.get(gallery)? else {
+                return Ok(None);
+            };
+            decode_position(v.value()).map(Some)
+        })
+    }
+
     /// Applies all changes in one durable transaction. Returns, per change,
     /// whether the id existed before (replaced / removed).
     pub fn write(&self, gallery: &str, changes: &[Change]) -> Result<Vec<bool>, StoreError> {
@@ -336,6 +394,19 @@ impl Store {
         gallery: &str,
         changes: &[Change],
         thumbs: &[(&str, &[u8])],
+    ) -> Result<Vec<bool>, StoreError> {
+        self.write_at(gallery, changes, thumbs, None)
+    }
+
+    /// `write_with`, for a replica: records `position` in the same
+    /// transaction, and refuses one at or below the position stored
+    /// (`Replayed`), so a stream message is never applied twice.
+    pub fn write_at(
+        &self,
+        gallery: &str,
+        changes: &[Change],
+        thumbs: &[(&str, &[u8])],
+        position: Option<Position>,
     ) -> Result<Vec<bool>, StoreError> {
         self.with(|db| {
             let def = items_table(gallery);
@@ -371,12 +442,46 @@ impl Store {
                 if Some(next) != stored {
                     seqs.insert(gallery, next)?;
                 }
+                if let Some(p) = &position {
+                    let mut positions = txn.open_table(POSITIONS)?;
+                    let before = match positions.get(gallery)? {
+                        Some(v) => Some(decode_position(v.value())?),
+                        None => None,
+                    };
+                    // A write of a dropped incarnation never lands in the
+                    // gallery created again under its name.
+                    match before {
+                        Some(b) if b.incarnation != p.incarnation => {
+                            return Err(StoreError::OtherIncarnation(gallery.to_string()))
+                        }
+                        None => return Err(StoreError::OtherIncarnation(gallery.to_string())),
+                        Some(b) if b.applied >= p.applied => {
+                            return Err(StoreError::Replayed {
+                                gallery: gallery.to_string(),
+                                seq: p.applied,
+                                applied: b.applied,
+                            })
+                        }
+                        Some(_) => {}
+                    }
+                    positions.insert(gallery, encode_position(p).as_slice())?;
+                }
             }
             thumbnail::apply(&txn, gallery, changes, thumbs)?;
             txn.commit()?;
             Ok(existed)
         })
     }
+}
+
+fn encode_position(p: &Position) -> Vec<u8> {
+    // A struct of three integers always serialises.
+    serde_json::to_vec(p).unwrap_or_default()
+}
+
+fn decode_position(bytes: &[u8]) -> Result<Position, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("replication position: {e}")))
 }
 
 #[cfg(test)]
@@ -495,6 +600,58 @@ mod tests {
         assert_eq!(a[0].1.seq, 2);
         assert!(store.load_items("b").unwrap().is_empty());
         assert_eq!(store.galleries().unwrap().len(), 2);
+    }
+
+    /// A replica's position moves with its changes, in one transaction,
+    /// and a message at or below it is refused with nothing written.
+    #[test]
+    fn a_position_is_written_with_its_changes_and_never_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let at = |applied| Position {
+            incarnation: 7,
+            applied,
+            at_ms: 100 + applied,
+        };
+        {
+            let store = Store::open(&path).unwrap();
+            store.create_gallery_at("a", &meta(), Some(at(0))).unwrap();
+            store.create_gallery("plain", &meta()).unwrap();
+            assert_eq!(store.position("plain").unwrap(), None);
+            store
+                .write_at("a", &[put("x", 1), put("y", 2)], &[], Some(at(2)))
+                .unwrap();
+            let replay = store.write_at("a", &[put("z", 3)], &[], Some(at(2)));
+            assert!(matches!(
+                replay,
+                Err(StoreError::Replayed {
+                    seq: 2,
+                    applied: 2,
+                    ..
+                })
+            ));
+            assert_eq!(store.load_items("a").unwrap().len(), 2, "nothing written");
+            store
+                .write_at("a", &[delete("x")], &[], Some(at(3)))
+                .unwrap();
+            let older = Position {
+                incarnation: 6,
+                ..at(4)
+            };
+            assert!(matches!(
+                store.write_at("a", &[delete("y")], &[], Some(older)),
+                Err(StoreError::OtherIncarnation(_))
+            ));
+            assert!(matches!(
+                store.write_at("plain", &[delete("y")], &[], Some(at(4))),
+                Err(StoreError::OtherIncarnation(_))
+            ));
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.position("a").unwrap(), Some(at(3)));
+        assert_eq!(store.load_items("a").unwrap().len(), 1);
+        store.drop_gallery("a").unwrap();
+        assert_eq!(store.position("a").unwrap(), None);
     }
 
     #[test]

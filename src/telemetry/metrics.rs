@@ -50,6 +50,14 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// Searches answered without a stage they asked for, by stage.
     pub search_degraded: IntCounterVec,
+    /// Cluster replicas: the last stream sequence applied, per gallery.
+    pub replication_applied: IntGaugeVec,
+    /// Cluster replicas: stream messages not applied yet, per gallery.
+    pub replication_lag: IntGaugeVec,
+    /// Cluster replicas: 1 while connected to NATS.
+    pub replication_connected: IntGauge,
+    /// Cluster writes: JetStream acknowledgements, by result.
+    pub replication_publishes: IntCounterVec,
 }
 
 /// 0.5 ms .. ~65 s, doubling.
@@ -162,6 +170,31 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["stage"],
         )?,
+        replication_applied: IntGaugeVec::new(
+            Opts::new(
+                "replication_applied_sequence",
+                "Last stream sequence this replica applied, per gallery",
+            ),
+            &["gallery"],
+        )?,
+        replication_lag: IntGaugeVec::new(
+            Opts::new(
+                "replication_lag_messages",
+                "Stream messages this replica has not applied yet, per gallery",
+            ),
+            &["gallery"],
+        )?,
+        replication_connected: IntGauge::new(
+            "replication_connected",
+            "1 while this replica is connected to the NATS cluster",
+        )?,
+        replication_publishes: IntCounterVec::new(
+            Opts::new(
+                "replication_publishes_total",
+                "Writes published to JetStream, by result (acked, duplicate, failed)",
+            ),
+            &["result"],
+        )?,
         registry,
     };
     let r = &m.registry;
@@ -185,6 +218,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
     r.register(Box::new(m.cpu_budget.clone()))?;
     r.register(Box::new(m.tls_reloads.clone()))?;
     r.register(Box::new(m.search_degraded.clone()))?;
+    r.register(Box::new(m.replication_applied.clone()))?;
+    r.register(Box::new(m.replication_lag.clone()))?;
+    r.register(Box::new(m.replication_connected.clone()))?;
+    r.register(Box::new(m.replication_publishes.clone()))?;
     Ok(m)
 }
 

@@ -86,6 +86,7 @@ pub async fn stats(client: &mut Client, gallery: &str) -> pb::GalleryStatsRespon
     client
         .gallery_stats(pb::GalleryStatsRequest {
             gallery: gallery.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -125,6 +126,7 @@ pub async fn list_all(client: &mut Client, gallery: &str) -> Vec<String> {
                 gallery: gallery.into(),
                 page_size: 1000,
                 page_token: token,
+                ..Default::default()
             })
             .await
             .unwrap()

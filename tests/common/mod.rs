@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 pub mod grpc;
+pub mod nats;
 
 use lookalike::api::pb::retrieval_client::RetrievalClient;
 use tonic::transport::Channel;

@@ -65,6 +65,45 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{- define "lookalike.tlsDir" -}}/etc/lookalike/tls{{- end }}
 {{- define "lookalike.keysDir" -}}/etc/lookalike/api-keys{{- end }}
+{{- define "lookalike.natsCredsDir" -}}/etc/lookalike/nats/creds{{- end }}
+{{- define "lookalike.natsTlsDir" -}}/etc/lookalike/nats/tls{{- end }}
+
+{{/*
+Whether the pods' count is the HPA's (autoscaling.enabled): the StatefulSet
+then leaves spec.replicas to it. "true" or "".
+*/}}
+{{- define "lookalike.autoscaled" -}}
+{{- if and .Values.cluster.enabled .Values.autoscaling.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+Values that only make sense together, for templates that render whatever
+the schema allowed (helm --skip-schema-validation renders without it).
+*/}}
+{{- define "lookalike.checkReplicas" -}}
+{{- if and (gt (int .Values.replicas) 1) (not .Values.cluster.enabled) }}
+{{- fail (printf "replicas: %d needs cluster.enabled: without a NATS JetStream cluster each pod would be a separate store with its own galleries, not a replica (README: \"Replicas (NATS JetStream)\")" (int .Values.replicas)) }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (not .Values.cluster.enabled) }}
+{{- fail "autoscaling.enabled needs cluster.enabled: only clustered replicas share the galleries" }}
+{{- end }}
+{{- if .Values.cluster.enabled }}
+{{- if not .Values.cluster.urls }}
+{{- fail "cluster.enabled needs cluster.urls (the NATS servers)" }}
+{{- end }}
+{{- if and .Values.persistence.existingClaim (or (gt (int .Values.replicas) 1) .Values.autoscaling.enabled) }}
+{{- fail "persistence.existingClaim is one volume: with several replicas each needs its own (the claim template), so leave it unset" }}
+{{- end }}
+{{- end }}
+{{- if include "lookalike.autoscaled" . }}
+{{- if gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas) }}
+{{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
+{{- end }}
+{{- if not (.Values.resources.requests | default dict).cpu }}
+{{- fail "autoscaling.enabled needs resources.requests.cpu (the HPA's CPU utilisation is relative to it)" }}
+{{- end }}
+{{- end }}
+{{- end }}
 
 {{- define "lookalike.apiKeysSecret" -}}
 {{- default (printf "%s-api-keys" (include "lookalike.fullname" .)) .Values.apiKeys.existingSecret }}
@@ -123,7 +162,7 @@ Usage: include "lookalike.securityContext" (dict "ctx" $ "value" V)
 
 {{/*
 The config the server runs with: .Values.config plus what the chart's own
-settings imply (GPU provider, TLS files, API-key folder).
+settings imply (GPU provider, TLS files, API-key folder, [cluster]).
 */}}
 {{- define "lookalike.config" -}}
 {{- $cfg := deepCopy .Values.config }}
@@ -143,6 +182,24 @@ settings imply (GPU provider, TLS files, API-key folder).
 {{- end }}
 {{- if .Values.apiKeys.enabled }}
 {{- $_ := set $cfg "auth" (dict "keys_dir" (include "lookalike.keysDir" .)) }}
+{{- end }}
+{{- with .Values.cluster }}
+{{- if .enabled }}
+{{- $cluster := dict "urls" .urls "stream_replicas" .streamReplicas "prefix" .prefix "read_wait_ms" .readWaitMs "tombstone_ttl_s" .tombstoneTtlS "ack_timeout_ms" .ackTimeoutMs }}
+{{- if .credentialsSecret.name }}
+{{- $_ := set $cluster "credentials" (printf "%s/nats.creds" (include "lookalike.natsCredsDir" $)) }}
+{{- end }}
+{{- if .tlsSecret.name }}
+{{- $dir := include "lookalike.natsTlsDir" $ }}
+{{- $tls := dict "ca" (printf "%s/ca.crt" $dir) }}
+{{- if .tlsSecret.clientCert }}
+{{- $_ := set $tls "cert" (printf "%s/tls.crt" $dir) }}
+{{- $_ := set $tls "key" (printf "%s/tls.key" $dir) }}
+{{- end }}
+{{- $_ := set $cluster "tls" $tls }}
+{{- end }}
+{{- $_ := set $cfg "cluster" $cluster }}
+{{- end }}
 {{- end }}
 {{- toJson $cfg }}
 {{- end }}
