@@ -18,11 +18,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{clustered_d, gallery_sizes, percentile, DIMS};
-use lookalike::gallery::online::{self, Plan, QueryExpansion};
 use lookalike::gallery::post::PostConfig;
 use lookalike::gallery::projection::ProjectionConfig;
 use lookalike::gallery::{Galleries, Metadata, NewItem};
 use lookalike::index::HnswParams;
+use lookalike::query::online::{self, Plan, QueryExpansion};
 use lookalike::rerank::kreciprocal::KrParams;
 use lookalike::store::GalleryMeta;
 use rand::SeedableRng;

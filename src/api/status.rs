@@ -5,8 +5,8 @@
 use tonic::{Code, Status};
 
 use crate::embed::EmbedError;
-use crate::gallery::online::OnlineError;
 use crate::gallery::GalleryError;
+use crate::query::online::OnlineError;
 use crate::query::ServiceError;
 
 impl From<ServiceError> for Status {

@@ -1,4 +1,4 @@
-//! Emulation of the service's per-request KR (`gallery::online`) over a
+//! Emulation of the service's per-request KR (`query::online`) over a
 //! whole query set, so `lookalike eval` can score it next to batch KR: per
 //! query, an exact top-K shortlist of the gallery, then `kr_single` with
 //! the gallery's precomputed neighbour lists.

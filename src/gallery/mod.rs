@@ -5,10 +5,12 @@
 //! it commits is the in-memory state changed and the caller answered.
 //!
 //! Post-processing state (neighbour lists, DBA vectors) lives in `post`
-//! and is refreshed in the background after writes; `online` runs the
-//! per-request stages. The derived state (that and the HNSW graph) is
-//! saved at shutdown and reloaded at start where it matches the store
-//! (`persist`, `restore`), else recomputed from the store.
+//! and is refreshed in the background after writes; the per-request
+//! stages that use it run in the query layer (`crate::query::online`),
+//! over the public reads here (`search`, `get`, `post_snapshot`). The
+//! derived state (that and the HNSW graph) is saved at shutdown and
+//! reloaded at start where it matches the store (`persist`, `restore`),
+//! else recomputed from the store.
 //!
 //! Files: `state` (the item maps), `write` and `read` (the calls),
 //! `maintenance` (refresh, index upkeep, the worker thread), `restore`
@@ -30,7 +32,6 @@
 mod galleries;
 pub mod limits;
 mod maintenance;
-pub mod online;
 pub mod page;
 pub mod persist;
 pub mod post;
@@ -262,5 +263,7 @@ fn validate_id(id: &str) -> Result<(), GalleryError> {
     Ok(())
 }
 
+#[cfg(test)]
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;

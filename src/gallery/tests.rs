@@ -1,118 +1,19 @@
-//! Online post-processing against the batch definitions.
+//! Online post-processing against the batch definitions: the gallery's
+//! side (refreshed state, saved state, the projected space), with the
+//! requests that depend on it run through `crate::query::online`.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ndarray::{Array2, ArrayView1};
+use ndarray::Array2;
 
-use super::online::{self, Plan, QueryExpansion};
 use super::post::PostConfig;
+use super::testing::*;
 use super::*;
 use crate::index::HnswParams;
+use crate::query::online::{self, Plan, QueryExpansion};
 use crate::rerank::dba::gallery_dba;
-use crate::rerank::kreciprocal::{k_reciprocal, GalleryNeighbours, KrParams};
-use crate::rerank::RerankError;
-
-const DIMS: usize = 16;
-
-fn unit_vector(seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..DIMS)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect();
-    crate::index::distance::normalised(&v).unwrap()
-}
-
-/// Clustered items, so neighbour lists and KR have structure.
-fn item(i: u64) -> NewItem {
-    let centre = unit_vector(1000 + i % 7);
-    let noise = unit_vector(i + 1);
-    let v: Vec<f32> = centre
-        .iter()
-        .zip(&noise)
-        .map(|(c, n)| c + 0.4 * n)
-        .collect();
-    NewItem {
-        id: format!("item-{i:04}"),
-        vector: crate::index::distance::normalised(&v).unwrap(),
-        metadata: Metadata::new(),
-    }
-}
-
-fn open(dir: &Path, cfg: PostConfig) -> Arc<Gallery> {
-    open_with(dir, cfg, HnswParams::default())
-}
-
-fn open_with(dir: &Path, cfg: PostConfig, params: HnswParams) -> Arc<Gallery> {
-    let gs = Galleries::open(&dir.join("db.redb"), params, cfg).unwrap();
-    let meta = GalleryMeta {
-        model_fingerprint: "test".into(),
-        dims: DIMS as u32,
-    };
-    gs.create("g", meta).unwrap()
-}
-
-/// No background refresher interference: a long debounce.
-fn manual() -> PostConfig {
-    PostConfig {
-        dba: true,
-        debounce: Duration::from_secs(3600),
-        ..PostConfig::default()
-    }
-}
-
-/// Live items in id order (the snapshot's row order) as a matrix.
-fn live_matrix(g: &Gallery) -> (Vec<String>, Array2<f32>) {
-    let (items, _) = g.list(None, usize::MAX);
-    let mut m = Array2::zeros((items.len(), DIMS));
-    for (mut row, (_, e)) in m.rows_mut().into_iter().zip(&items) {
-        row.assign(&ArrayView1::from(&e.vector[..]));
-    }
-    (items.into_iter().map(|(id, _)| id).collect(), m)
-}
-
-/// KR (default parameters) over every item of an `n`-item gallery, exact search.
-fn whole_gallery_kr(n: usize) -> Plan {
-    Plan {
-        top_k: n,
-        ef: 256,
-        exact: true,
-        shortlist: n,
-        qe: None,
-        kr: Some(KrParams::default()),
-    }
-}
-
-#[test]
-fn online_kr_over_the_whole_gallery_equals_batch_kr_with_one_query() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = open(dir.path(), manual());
-    g.upsert((0..80).map(item).collect()).unwrap();
-    g.refresh_post().unwrap();
-    let (ids, raw) = live_matrix(&g);
-    let n = ids.len();
-    let params = KrParams::default();
-    for seed in [7u64, 8, 9] {
-        let q = item(5000 + seed).vector;
-        let out = online::search(&g, &q, &whole_gallery_kr(n), &Metadata::new(), None).unwrap();
-        let qm = Array2::from_shape_vec((1, DIMS), q.clone()).unwrap();
-        let batch = k_reciprocal(qm.view(), raw.view(), &params, n).unwrap();
-        let want: Vec<&str> = batch.ids[0].iter().map(|&r| ids[r].as_str()).collect();
-        let got: Vec<&str> = out.hits.iter().map(|h| h.id.as_str()).collect();
-        assert_eq!(got, want, "same ranking as batch KR");
-        for (h, d) in out.hits.iter().zip(&batch.dists[0]) {
-            assert!((f64::from(h.distance) - d).abs() < 1e-6);
-        }
-        let stages: Vec<&str> = out.timings.iter().map(|t| t.0).collect();
-        assert_eq!(stages, vec!["search", "k_reciprocal"]);
-    }
-}
+use crate::rerank::kreciprocal::{GalleryNeighbours, KrParams};
 
 #[test]
 fn after_writes_and_a_refresh_the_state_equals_a_batch_recompute() {
@@ -240,186 +141,6 @@ fn background_refresher_catches_up_and_dba_can_be_off() {
 }
 
 #[test]
-fn query_expansion_then_kr_ranks_the_shortlist() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = open(dir.path(), manual());
-    g.upsert((0..50).map(item).collect()).unwrap();
-    // KR needs the state; before the first refresh the answer comes
-    // without it (and says so), fresh items included.
-    let plan = Plan {
-        top_k: 5,
-        ef: 128,
-        exact: false,
-        shortlist: 20,
-        qe: Some(QueryExpansion { k: 2, alpha: 3.0 }),
-        kr: Some(KrParams::default()),
-    };
-    let q = item(1).vector;
-    let early = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
-    assert_eq!(early.stages, ["alpha_qe"]);
-    assert_eq!(
-        early.degraded,
-        ["k_reciprocal: the gallery's first neighbour refresh has not run yet"]
-    );
-    assert_eq!(early.hits[0].id, "item-0001");
-    g.refresh_post().unwrap();
-    let out = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
-    assert_eq!(out.hits.len(), 5);
-    assert_eq!(out.hits[0].id, "item-0001");
-    assert!(out.hits.windows(2).all(|w| w[0].distance <= w[1].distance));
-    assert_eq!(out.stages, ["dba", "alpha_qe", "k_reciprocal"]);
-    assert!(out.degraded.is_empty(), "{:?}", out.degraded);
-    // One item added since the refresh and shortlisted: KR waits for the
-    // next refresh rather than hiding it.
-    g.upsert(vec![NewItem {
-        id: "fresh".into(),
-        ..item(1)
-    }])
-    .unwrap();
-    let fresh = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
-    assert_eq!(fresh.stages, ["dba", "alpha_qe"]);
-    assert!(fresh.hits.iter().any(|h| h.id == "fresh"));
-    // ... and says so, rather than ranking differently without a word.
-    assert_eq!(fresh.degraded.len(), 1, "{:?}", fresh.degraded);
-    assert!(
-        fresh.degraded[0].starts_with(
-            "k_reciprocal: 1 of the 20 shortlisted items were written since the last neighbour refresh"
-        ),
-        "{:?}",
-        fresh.degraded
-    );
-    g.refresh_post().unwrap();
-    let after = online::search(&g, &q, &plan, &Metadata::new(), None).unwrap();
-    assert_eq!(after.stages, ["dba", "alpha_qe", "k_reciprocal"]);
-    assert!(after.degraded.is_empty(), "{:?}", after.degraded);
-    assert!(after.hits.iter().any(|h| h.id == "fresh"));
-    let stages: Vec<&str> = out.timings.iter().map(|t| t.0).collect();
-    assert_eq!(
-        stages,
-        vec![
-            "search",
-            "query_expansion",
-            "search_expanded",
-            "k_reciprocal"
-        ]
-    );
-}
-
-#[test]
-fn query_expansion_over_hits_removed_since_the_search_is_skipped_not_an_error() {
-    // The soak's race, made deterministic: the search answers, then every
-    // hit is removed before the expansion reads their vectors.
-    let dir = tempfile::tempdir().unwrap();
-    let g = open(dir.path(), manual());
-    g.upsert((0..10).map(item).collect()).unwrap();
-    let q = item(3).vector;
-    let params = SearchParams {
-        k: 5,
-        ef: 64,
-        exact: true,
-        filter: &Metadata::new(),
-        exclude: None,
-        space: None,
-    };
-    let hits = g.search(&q, &params).unwrap();
-    assert_eq!(hits.len(), 5);
-    let qe = QueryExpansion { k: 3, alpha: 0.0 };
-    let same = |v: &[f32]| Ok(v.to_vec());
-    let live = online::expand_from_hits(&g, &q, &hits, qe, None, &same).unwrap();
-    assert!(live.is_some(), "live hits expand the query");
-    let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
-    assert!(g.remove(&ids).unwrap().is_empty(), "all five were there");
-    let gone = online::expand_from_hits(&g, &q, &hits, qe, None, &same).unwrap();
-    assert_eq!(gone, None, "nothing left to expand with");
-    // One survivor among the stale hits: the expansion uses it alone.
-    g.upsert(vec![item(u64::from(
-        hits[1].id[5..].parse::<u16>().unwrap(),
-    ))])
-    .unwrap();
-    let one = online::expand_from_hits(&g, &q, &hits, qe, None, &same)
-        .unwrap()
-        .unwrap();
-    let survivor = g.get(&hits[1].id).unwrap().vector;
-    let mean = crate::index::distance::normalised(
-        &q.iter()
-            .zip(survivor.iter())
-            .map(|(a, b)| a + b)
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
-    for (a, b) in one.iter().zip(&mean) {
-        assert!(
-            (a - b).abs() < 1e-5,
-            "AQE of the query and its one live hit"
-        );
-    }
-}
-
-#[test]
-fn query_expansion_reads_projected_hits_from_the_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = open(dir.path(), projected(false, 6, 0.0));
-    g.upsert((0..60).map(item).collect()).unwrap();
-    g.refresh_post().unwrap();
-    let snap = g.post_snapshot().unwrap();
-    let p = snap.projection.clone().unwrap();
-    let q = p.apply(&item(3).vector).unwrap();
-    let params = SearchParams {
-        k: 3,
-        ef: 64,
-        exact: true,
-        filter: &Metadata::new(),
-        exclude: None,
-        space: Some(&p),
-    };
-    let hits = g.search(&q, &params).unwrap();
-    let qe = QueryExpansion { k: 3, alpha: 0.0 };
-    // Every hit is in the snapshot: nothing is projected again.
-    let never = |_: &[f32]| -> Result<Vec<f32>, RerankError> {
-        Err(RerankError::Empty {
-            what: "a re-projection",
-        })
-    };
-    let fast = online::expand_from_hits(&g, &q, &hits, qe, Some(&snap), &never)
-        .unwrap()
-        .unwrap();
-    let slow = online::expand_from_hits(&g, &q, &hits, qe, None, &|v| p.apply(v))
-        .unwrap()
-        .unwrap();
-    for (a, b) in fast.iter().zip(&slow) {
-        assert!(
-            (a - b).abs() < 1e-5,
-            "the saved rows are the projected ones"
-        );
-    }
-    // An item added since the snapshot is projected now.
-    g.upsert(vec![NewItem {
-        id: "fresh".into(),
-        ..item(3)
-    }])
-    .unwrap();
-    let hits = g.search(&q, &params).unwrap();
-    assert!(hits.iter().any(|h| h.id == "fresh"));
-    assert!(online::expand_from_hits(&g, &q, &hits, qe, Some(&snap), &never).is_err());
-}
-
-/// A gallery with a graph (low exact limit), no refresher interference.
-fn graph_params() -> HnswParams {
-    HnswParams {
-        exact_limit: 100,
-        rebuild_tombstone_ratio: f64::INFINITY,
-        ..HnswParams::default()
-    }
-}
-
-fn meta() -> GalleryMeta {
-    GalleryMeta {
-        model_fingerprint: "test".into(),
-        dims: DIMS as u32,
-    }
-}
-
-#[test]
 fn a_saved_state_is_restored_and_writes_since_are_applied() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db.redb");
@@ -523,15 +244,6 @@ fn a_corrupt_or_foreign_saved_state_is_recomputed() {
     let g = gs.get("g").unwrap();
     assert_eq!(g.stats().post_generation, 1, "recomputed from the store");
     assert_state_equals_batch(&g);
-}
-
-/// The gallery-fitted projection on, DBA off or on, no refresher.
-fn projected(dba: bool, components: usize, beta: f64) -> PostConfig {
-    PostConfig {
-        dba,
-        projection: Some(super::projection::ProjectionConfig { components, beta }),
-        ..manual()
-    }
 }
 
 #[test]

@@ -5,12 +5,12 @@
 use crate::cluster::ClusterError;
 use crate::embed::preprocess::ImageError;
 use crate::embed::EmbedError;
-use crate::gallery::online::OnlineError;
 use crate::gallery::GalleryError;
 use crate::rerank::RerankError;
 use crate::security::auth::AuthError;
 
 use super::admission::AdmissionError;
+use super::online::OnlineError;
 
 /// What went wrong, as a client needs to tell it apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::online::{Plan, QueryExpansion};
 use super::ServiceError;
 use crate::config::PostProcessingDefaults;
-use crate::gallery::online::{Plan, QueryExpansion};
 use crate::rerank::kreciprocal::KrParams;
 
 /// A request's post-processing options; unset fields take the defaults.

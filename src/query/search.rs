@@ -89,7 +89,7 @@ impl Searcher {
         let filter = opts.filter;
         let out = self
             .admission
-            .run(move || crate::gallery::online::search(&g, &q, &plan, &filter, exclude.as_deref()))
+            .run(move || super::online::search(&g, &q, &plan, &filter, exclude.as_deref()))
             .await??;
         crate::telemetry::observe_stages(&out.timings);
         Ok(Found {

@@ -4,15 +4,19 @@
 //! The stages themselves are the batch implementations in `crate::rerank`.
 //! With the gallery-fitted projection on, the query is projected first and
 //! every later stage works in the projected space.
+//!
+//! This is the query layer's: it reads the gallery only through its public
+//! calls (`post_snapshot`, `post_config`, `search`, `get`), and the gallery keeps no
+//! knowledge of plans or stages.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ndarray::{Array2, ArrayView1, ArrayView2};
 
-use super::post::Snapshot;
-use super::projection::pad;
-use super::{Gallery, Hit, Metadata, SearchParams, SpaceChanged};
+use crate::gallery::post::Snapshot;
+use crate::gallery::projection::pad;
+use crate::gallery::{Gallery, Hit, Metadata, SearchParams, SpaceChanged};
 use crate::rerank::aqe::{alpha_qe, aqe};
 use crate::rerank::kreciprocal::GalleryNeighbours;
 use crate::rerank::kreciprocal::{kr_single, KrParams};
@@ -252,7 +256,7 @@ fn kr_inputs<'s>(
 }
 
 /// Maps a stored vector into the request's space (the projection, if any).
-pub(super) type IntoSpace<'a> = dyn Fn(&[f32]) -> Result<Vec<f32>, RerankError> + 'a;
+type IntoSpace<'a> = dyn Fn(&[f32]) -> Result<Vec<f32>, RerankError> + 'a;
 
 /// The expanded query from the top `qe.k` hits' stored vectors (in the
 /// request's space), or None when there is nothing to expand with: no hits,
@@ -260,7 +264,7 @@ pub(super) type IntoSpace<'a> = dyn Fn(&[f32]) -> Result<Vec<f32>, RerankError> 
 /// the soak found this as an INTERNAL 'aqe k >= 1'). A hit the request's
 /// `snapshot` holds projected (the request's space is that snapshot's) is
 /// read from there instead of projected again.
-pub(super) fn expand_from_hits(
+fn expand_from_hits(
     g: &Gallery,
     q: &[f32],
     hits: &[Hit],
@@ -343,3 +347,6 @@ fn expand(
         out.as_slice().unwrap_or(&[]),
     ))
 }
+
+#[cfg(test)]
+mod tests;
