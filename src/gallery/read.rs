@@ -3,6 +3,7 @@
 use super::{
     same_space, Entry, Gallery, GalleryError, GalleryStats, Hit, SearchParams, SpaceChanged,
 };
+use crate::index::read::{Accept, Nearest};
 
 impl Gallery {
     pub fn get(&self, id: &str) -> Option<Entry> {
@@ -36,7 +37,8 @@ impl Gallery {
     }
 
     /// Nearest items to the unit vector `q`, in the space `p.space`
-    /// names (Err when the gallery is no longer in it). Blocking.
+    /// names (Err when the gallery is no longer in it), from the graph or
+    /// the exact scan as [`Nearest::choose`] picks. Blocking.
     pub fn search(&self, q: &[f32], p: &SearchParams<'_>) -> Result<Vec<Hit>, SpaceChanged> {
         let state = self.state.read();
         if !same_space(state.projection(), p.space) {
@@ -44,24 +46,12 @@ impl Gallery {
         }
         let matches = |e: &Entry| p.filter.iter().all(|(k, v)| e.metadata.get(k) == Some(v));
         let wanted = p.k + usize::from(p.exclude.is_some());
-        let use_graph = !p.exact && state.len() > self.index.params().exact_limit;
-        let keep = |point: u64| state.at_point(point).is_some_and(&matches);
-        // Graph hits are points; map them to item seqs.
-        let from_graph = use_graph
-            .then(|| self.index.search(q, wanted, p.ef, &keep))
-            .flatten()
-            .map(|hits| {
-                hits.into_iter()
-                    .filter_map(|(point, d)| Some((state.seq_at(point)?, d)))
-                    .collect::<Vec<_>>()
-            });
-        // Small galleries, exact requests, and a graph still being built.
-        let raw = from_graph.unwrap_or_else(|| {
-            let accept = |seq: u64| state.by_seq(seq).is_some_and(|(_, e)| matches(e));
-            let filter: Option<&(dyn Fn(u64) -> bool + Sync)> =
-                (!p.filter.is_empty()).then_some(&accept);
-            state.flat().top_k(q, wanted, filter)
-        });
+        let accept = |seq: u64| state.by_seq(seq).is_some_and(|(_, e)| matches(e));
+        // No filter: every live item, and the scan makes no call per row.
+        let accept = (!p.filter.is_empty()).then_some(&accept as &Accept<'_>);
+        let seq_at = |point: u64| state.seq_at(point);
+        let read = Nearest::choose(&self.index, &seq_at, state.flat(), state.len(), p.exact);
+        let raw = read.nearest(q, wanted, p.ef, accept);
         Ok(raw
             .into_iter()
             .filter_map(|(seq, distance)| {

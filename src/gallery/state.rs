@@ -246,11 +246,6 @@ impl State {
         self.by_point.get(&point).copied()
     }
 
-    /// The item living at index point `point`.
-    pub fn at_point(&self, point: u64) -> Option<&Entry> {
-        self.by_seq(self.seq_at(point)?).map(|(_, e)| e)
-    }
-
     /// Items in id order after `after` (exclusive).
     pub fn after(&self, after: Option<&str>) -> btree_map::Range<'_, String, Entry> {
         use std::ops::Bound;
@@ -313,12 +308,17 @@ mod tests {
         }
     }
 
+    /// The item living at index point `point`.
+    fn at_point(s: &State, point: u64) -> Option<&Entry> {
+        s.by_seq(s.seq_at(point)?).map(|(_, e)| e)
+    }
+
     #[test]
     fn the_three_maps_agree_after_insert_replace_repoint_and_remove() {
         let mut s = State::loaded([("a".to_string(), entry(4, 0))], 2);
         assert_eq!(s.next_seq(), 5, "above every stored seq");
         assert_eq!(s.point_the_rest().unwrap().len(), 1);
-        assert_eq!(s.at_point(0).map(|e| e.seq), Some(4));
+        assert_eq!(at_point(&s, 0).map(|e| e.seq), Some(4));
         s.set_unrefreshed(None);
         assert_eq!(s.stale(), 1);
         s.covered_up_to(s.writes());
@@ -334,7 +334,7 @@ mod tests {
         let q = s.reserve_points(1);
         s.repoint(5, q, vec![0.0, 1.0].into());
         assert!(s.seq_at(p).is_none());
-        assert_eq!(s.at_point(q).map(|e| e.indexed[1]), Some(1.0));
+        assert_eq!(at_point(&s, q).map(|e| e.indexed[1]), Some(1.0));
         let scan = s.flat().top_k(&[0.0, 1.0], 2, None);
         assert_eq!(scan, vec![(5, 0.0)], "the scan sees the repointed vector");
         s.repoint(99, 77, vec![0.0, 1.0].into());

@@ -12,7 +12,8 @@
 //! The graph is optional: small galleries are searched exactly (faster
 //! than the graph walk there, see BENCHMARKS.md) and keep none; the owner
 //! builds one through the same rebuild path once it grows past
-//! [`HnswParams::exact_limit`].
+//! [`HnswParams::exact_limit`]. Which of the two a search reads is chosen
+//! in one place, `read` ([`read::Nearest::choose`]).
 //!
 //! The graph is saved at shutdown and loaded at start together with the
 //! rest of a gallery's derived state (`crate::gallery::persist`).
@@ -21,6 +22,7 @@ pub mod calibrate;
 pub mod distance;
 pub mod exact;
 pub mod flat;
+pub mod read;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
