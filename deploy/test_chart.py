@@ -94,7 +94,12 @@ class Rendered(unittest.TestCase):
                 p = c[probe]["grpc"]
                 self.assertIsInstance(p["port"], int, f"{name} {probe}")
                 self.assertEqual(p["port"], grpc, f"{name} {probe}")
-                self.assertEqual(p["service"], "lookalike.v1.Retrieval")
+                # Readiness asks for the API (false while a replica
+                # catches up); startup and liveness for the process only.
+                if probe == "readinessProbe":
+                    self.assertEqual(p["service"], "lookalike.v1.Retrieval")
+                else:
+                    self.assertNotIn("service", p)
             ports = {p["name"]: p["containerPort"] for p in c["ports"]}
             want = {"grpc": grpc, "admin": port_of(cfg["admin_listen"])}
             if "http_listen" in cfg:
@@ -111,7 +116,8 @@ class Rendered(unittest.TestCase):
         self.assertEqual(port_of(cfg["listen"]), 8443)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             self.assertNotIn("grpc", c[probe])
-            self.assertEqual(c[probe]["httpGet"], {"path": "/healthz", "port": port_of(cfg["admin_listen"])})
+            path = "/healthz" if probe == "readinessProbe" else "/livez"
+            self.assertEqual(c[probe]["httpGet"], {"path": path, "port": port_of(cfg["admin_listen"])})
 
     def test_data_volume_mounted_where_the_config_puts_data_dir(self):
         for name in ("default", "tls-auth"):

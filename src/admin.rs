@@ -1,6 +1,7 @@
 //! The admin HTTP port (`admin_listen`): Prometheus metrics at /metrics
-//! and HTTP health at /healthz (200 SERVING, 503 NOT_SERVING), for
-//! scrapers and for probes where the gRPC port speaks TLS.
+//! and HTTP health (200 SERVING, 503 NOT_SERVING) at /healthz (ready:
+//! on a cluster, caught up) and /livez (alive), for scrapers and for
+//! probes where the gRPC port speaks TLS.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,6 +37,7 @@ pub async fn bind(
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
         .with_state(admin);
     let serve = async move {
         axum::serve(listener, app)
@@ -45,8 +47,18 @@ pub async fn bind(
     Ok((bound, serve))
 }
 
+/// Readiness: alive and (on a cluster) caught up.
 async fn healthz(State(a): State<Admin>) -> impl IntoResponse {
-    if a.health.is_serving() {
+    up(a.health.is_ready())
+}
+
+/// Liveness: the process can answer (a replica catching up is alive).
+async fn livez(State(a): State<Admin>) -> impl IntoResponse {
+    up(a.health.is_serving())
+}
+
+fn up(yes: bool) -> (StatusCode, &'static str) {
+    if yes {
         (StatusCode::OK, "SERVING\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")

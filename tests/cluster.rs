@@ -23,7 +23,8 @@ fn replica(dir: &std::path::Path, nats: &NatsCluster) -> Server {
     Server::start(dir, &nats.config(""))
 }
 
-/// Waits until the replica reports SERVING (caught up with the cluster).
+/// Waits until the replica reports `lookalike.v1.Retrieval` SERVING
+/// (ready: caught up with the cluster; the overall entry is liveness).
 async fn wait_serving(s: &Server) {
     let channel = Channel::from_shared(format!("http://{}", s.addr))
         .unwrap()
@@ -35,7 +36,7 @@ async fn wait_serving(s: &Server) {
     loop {
         let r = health
             .check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
+                service: "lookalike.v1.Retrieval".into(),
             })
             .await;
         if r.is_ok_and(|r| r.into_inner().status == 1) {

@@ -12,10 +12,15 @@ use tonic_health::ServingStatus;
 /// The service name probes and clients check.
 pub const RETRIEVAL: &str = "lookalike.v1.Retrieval";
 
+/// Two states: `serving` (the process can answer at all: the overall ""
+/// entry and /livez, what liveness probes ask) and, within it, `ready`
+/// (a cluster replica has caught up: `lookalike.v1.Retrieval` and
+/// /healthz, what readiness asks). A single node is always ready.
 #[derive(Clone)]
 pub struct Health {
     reporter: HealthReporter,
     serving: watch::Sender<bool>,
+    ready: watch::Sender<bool>,
 }
 
 impl Health {
@@ -23,41 +28,63 @@ impl Health {
         let h = Self {
             reporter,
             serving: watch::Sender::new(true),
+            ready: watch::Sender::new(true),
         };
         h.set(true, "started").await;
         h
     }
 
     pub async fn set(&self, serving: bool, why: &str) {
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        for service in ["", RETRIEVAL] {
-            self.reporter.set_service_status(service, status).await;
-        }
         if self.serving.send_replace(serving) != serving {
             tracing::info!(serving, why, "health changed");
         }
+        self.report().await;
     }
 
+    async fn set_ready(&self, ready: bool, why: &str) {
+        if self.ready.send_replace(ready) != ready {
+            tracing::info!(ready, why, "readiness changed");
+        }
+        self.report().await;
+    }
+
+    async fn report(&self) {
+        let status = |up: bool| {
+            if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            }
+        };
+        let (live, ready) = (self.is_serving(), self.is_ready());
+        self.reporter.set_service_status("", status(live)).await;
+        self.reporter
+            .set_service_status(RETRIEVAL, status(ready))
+            .await;
+    }
+
+    /// Alive: the process can answer (liveness).
     pub fn is_serving(&self) -> bool {
         *self.serving.borrow()
     }
 
-    /// A cluster replica: NOT_SERVING until it has caught up with every
+    /// Alive and caught up (readiness).
+    pub fn is_ready(&self) -> bool {
+        self.is_serving() && *self.ready.borrow()
+    }
+
+    /// A cluster replica: not ready until it has caught up with every
     /// gallery's stream (it serves its own copy meanwhile, but a load
-    /// balancer should not send it traffic yet).
+    /// balancer should not send it traffic yet); alive throughout.
     pub async fn follow_replication(&self, mut ready: watch::Receiver<bool>) {
         if *ready.borrow() {
             return;
         }
-        self.set(false, "catching up with the cluster").await;
+        self.set_ready(false, "catching up with the cluster").await;
         let health = self.clone();
         tokio::spawn(async move {
             if ready.wait_for(|r| *r).await.is_ok() {
-                health.set(true, "caught up with the cluster").await;
+                health.set_ready(true, "caught up with the cluster").await;
             }
         });
     }
