@@ -150,7 +150,7 @@ impl Cluster {
                 let why = e.to_string();
                 return items
                     .iter()
-                    .map(|_| Err(ClusterError::Local(why.clone())))
+                    .map(|_| Err(ClusterError::Refused(why.clone())))
                     .collect();
             }
         };
