@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,24 +52,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn export_default(dir: &Path) -> PathBuf {
-    let onnx = dir.join("lite0.onnx");
-    let pth = repo().join(lookalike::model::export::LITE0_PTH);
-    let opts =
-        lookalike::model::ExportOptions::new(lookalike::model::Arch::EfficientnetLite0, pth, &onnx);
-    let entry = lookalike::model::export(&opts)
-        .expect("exporting the default model (run scripts/setup.sh)")
-        .manifest;
-    let manifest = lookalike::embed::manifest::Manifest {
-        name: "load".into(),
-        backbones: vec![entry],
-        projection: None,
-    };
-    let path = dir.join("default.toml");
-    manifest.write(&path).expect("writing the manifest");
-    path
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -461,7 +443,7 @@ async fn main() {
     let gallery = env_or("LOAD_GALLERY", 2000);
     let soak = std::env::var_os("LOAD_SOAK").is_some();
     let dir = tempfile::tempdir().unwrap();
-    let manifest = export_default(dir.path());
+    let manifest = server::export_default(dir.path(), "load");
     let server = Server::start(dir.path(), &manifest, SERVER_CONFIG, "error");
     let mut client = Client::connect(format!("http://{}", server.addr))
         .await

@@ -12,7 +12,7 @@
 //! `min_sequence` (it waits until B has applied it): the convergence lag,
 //! measured from A's acknowledgement.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lookalike::api::pb::{self, add_item::Content, add_response::Kind, retrieval_client};
@@ -29,24 +29,6 @@ const DIMS: usize = 1280;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn export_default(dir: &Path) -> PathBuf {
-    let onnx = dir.join("lite0.onnx");
-    let pth = repo().join(lookalike::model::export::LITE0_PTH);
-    let opts =
-        lookalike::model::ExportOptions::new(lookalike::model::Arch::EfficientnetLite0, pth, &onnx);
-    let entry = lookalike::model::export(&opts)
-        .expect("exporting the default model (run scripts/setup.sh)")
-        .manifest;
-    let manifest = lookalike::embed::manifest::Manifest {
-        name: "replication".into(),
-        backbones: vec![entry],
-        projection: None,
-    };
-    let path = dir.join("default.toml");
-    manifest.write(&path).expect("writing the manifest");
-    path
 }
 
 fn vector(seed: u64) -> Vec<f32> {
@@ -127,7 +109,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
-        let manifest = export_default(dir.path());
+        let manifest = server::export_default(dir.path(), "replication");
         let nats = nats::NatsCluster::start(3).await;
         let mk = |name: &str, config: &str| {
             let d = dir.path().join(name);

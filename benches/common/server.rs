@@ -1,7 +1,7 @@
 //! The real `lookalike serve` for the benches that go through it: loopback, port 0,
 //! killed on drop.
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 pub struct Server {
@@ -55,4 +55,25 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The default model (EfficientNet-Lite0 from scripts/setup.sh's
+/// checkpoint) exported into `dir`; returns its manifest, named `name`.
+#[allow(dead_code)] // the benches that export their own variant do not call it
+pub fn export_default(dir: &Path, name: &str) -> PathBuf {
+    let onnx = dir.join("lite0.onnx");
+    let pth = Path::new(env!("CARGO_MANIFEST_DIR")).join(lookalike::model::export::LITE0_PTH);
+    let opts =
+        lookalike::model::ExportOptions::new(lookalike::model::Arch::EfficientnetLite0, pth, &onnx);
+    let entry = lookalike::model::export(&opts)
+        .expect("exporting the default model (run scripts/setup.sh)")
+        .manifest;
+    let manifest = lookalike::embed::manifest::Manifest {
+        name: name.into(),
+        backbones: vec![entry],
+        projection: None,
+    };
+    let path = dir.join("default.toml");
+    manifest.write(&path).expect("writing the manifest");
+    path
 }

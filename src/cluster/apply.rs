@@ -213,36 +213,25 @@ async fn apply(g: &Arc<Gallery>, batch: Batch, revision: u64) -> Result<(), Clus
     };
     let g = g.clone();
     tokio::task::spawn_blocking(move || {
+        // A change this replica cannot take (ids and dims are checked
+        // before publishing: another writer's bug) is skipped, not the
+        // batch; the position still moves past it.
+        let (good, bad): (Vec<Change>, Vec<Change>) =
+            batch.changes.into_iter().partition(|c| g.check_change(c).is_ok());
+        for c in &bad {
+            tracing::error!(gallery = %g.name(), id = %c.id(), "a change this gallery cannot take; skipped");
+        }
         let thumbs: Vec<(&str, &[u8])> = batch
             .thumbs
             .iter()
+            .filter(|(id, _)| !bad.iter().any(|c| c.id() == id.as_str()))
             .filter_map(|(id, t)| Some((id.as_str(), t.as_deref()?)))
             .collect();
-        match g.apply(batch.changes.clone(), &thumbs, position) {
-            Ok(_) => Ok(()),
-            // A put this replica cannot take (ids and dims are checked
-            // before publishing; another writer's bug): skip the batch's
-            // bad changes, not the good ones.
-            Err(e) if is_invalid(&e) => {
-                tracing::error!(gallery = %g.name(), error = %e, "applying the good changes only");
-                let good: Vec<Change> = batch
-                    .changes
-                    .into_iter()
-                    .filter(|c| g.check_change(c).is_ok())
-                    .collect();
-                g.apply(good, &thumbs, position).map(|_| ())
-            }
-            Err(e) => Err(e),
-        }
+        g.apply(good, &thumbs, position).map(|_| ())
     })
     .await
     .map_err(ClusterError::nats)?
     .map_err(|e| ClusterError::Local(e.to_string()))
-}
-
-fn is_invalid(e: &crate::gallery::GalleryError) -> bool {
-    use crate::gallery::GalleryError as E;
-    matches!(e, E::InvalidName { .. } | E::Dims { .. })
 }
 
 /// Drops this replica's copy of `inc` and creates it empty at sequence 0.

@@ -154,7 +154,7 @@ impl Cluster {
                     .collect();
             }
         };
-        let replaced: Vec<bool> = items.iter().map(|i| g.get(&i.id).is_some()).collect();
+        let replaced: Vec<bool> = items.iter().map(|i| g.contains(&i.id)).collect();
         let writes = items
             .into_iter()
             .map(|i| Write::Put {
@@ -185,11 +185,7 @@ impl Cluster {
     ) -> Result<(Vec<String>, u64), ClusterError> {
         let inc = self.incarnation_of(name)?;
         let g = self.gallery(name)?;
-        let missing: Vec<String> = ids
-            .iter()
-            .filter(|id| g.get(id).is_none())
-            .cloned()
-            .collect();
+        let missing: Vec<String> = ids.iter().filter(|id| !g.contains(id)).cloned().collect();
         // Published for every id: a replica behind may not hold one yet.
         let writes = ids.into_iter().map(|id| Write::Delete { id }).collect();
         let acks = self.publish(&inc, writes).await;

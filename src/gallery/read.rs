@@ -10,6 +10,11 @@ impl Gallery {
         self.state.read().get(id).cloned()
     }
 
+    /// Whether item `id` is here (without copying it out, as `get` does).
+    pub fn contains(&self, id: &str) -> bool {
+        self.state.read().get(id).is_some()
+    }
+
     /// The thumbnail stored with item `id`, if any.
     pub fn thumbnail(&self, id: &str) -> Result<Option<Vec<u8>>, GalleryError> {
         Ok(self.store.thumbnail(&self.name, id)?)
