@@ -2,8 +2,9 @@
 //! from the sequence after the one applied, whatever has arrived applied
 //! in one transaction (`Gallery::apply`, the position with it), for as
 //! long as the gallery is defined. A replica away for longer than the
-//! tombstones live copies the gallery again from the stream, since the
-//! removals it missed may be gone.
+//! tombstones live (counted from when it last saw itself caught up)
+//! copies the gallery again from the stream, since the removals it missed
+//! may be gone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +26,22 @@ const BATCH: usize = 512;
 /// How long a consumer may stay silent before the stream is asked
 /// whether it moved on without it.
 const STALL_CHECK: Duration = Duration::from_secs(3);
+
+/// How often an idle, caught-up replica records that it still is (one
+/// small redb commit per gallery).
+const CONFIRM_EVERY: Duration = Duration::from_secs(60);
+
+/// Taken off the tombstone TTL (at most a tenth of it) for the clocks of
+/// this replica and the NATS servers, and the time a message takes.
+const CLOCK_MARGIN: Duration = Duration::from_secs(60);
+
+/// Whether a replica at `p` must copy the gallery again: the stream moved
+/// past it (`last`) and a tombstone published since it last knew itself
+/// complete (`p.at_ms`) may have expired.
+fn must_recopy(p: &Position, last: u64, now_ms: u64, ttl: Duration) -> bool {
+    let ttl_ms = (ttl - CLOCK_MARGIN.min(ttl / 10)).as_millis() as u64;
+    p.at_ms > 0 && last > p.applied && now_ms.saturating_sub(p.at_ms) > ttl_ms
+}
 
 pub async fn replicate(
     c: Arc<Cluster>,
@@ -87,11 +104,7 @@ async fn run(
     let Some(position) = position else {
         return Err(ClusterError::Local("the local copy has no position".into()));
     };
-    let ttl = c.cfg.tombstone_ttl().as_millis() as u64;
-    if position.at_ms > 0
-        && last > position.applied
-        && now_ms().saturating_sub(position.at_ms) > ttl
-    {
+    if must_recopy(&position, last, now_ms(), c.cfg.tombstone_ttl()) {
         return Ok(Stop::Recopy);
     }
     track.set_target(last);
@@ -112,6 +125,7 @@ async fn run(
         .map_err(ClusterError::nats)?
         .ready_chunks(BATCH);
     let mut applied = position.applied;
+    let mut complete_at = position.at_ms;
     let mut reconnected = c.connects.subscribe();
     reconnected.mark_unchanged();
     let mut idle = tokio::time::interval(STALL_CHECK);
@@ -125,9 +139,18 @@ async fn run(
             _ = idle.tick() => {
                 // Nothing arrived for a while: a stream that moved on
                 // means the consumer was lost with its server.
+                let asked_ms = now_ms();
                 let info = tokio::time::timeout(STALL_CHECK, stream.get_info()).await;
                 match info {
-                    Ok(Ok(i)) if i.state.last_sequence <= applied => continue,
+                    Ok(Ok(i)) if i.state.last_sequence <= applied => {
+                        let since = Duration::from_millis(asked_ms.saturating_sub(complete_at));
+                        if since > CONFIRM_EVERY {
+                            let p = Position { incarnation: inc.revision, applied, at_ms: asked_ms };
+                            confirm(g, p).await?;
+                            complete_at = asked_ms;
+                        }
+                        continue;
+                    }
                     _ => return Err(ClusterError::Nats("the consumer stalled".into())),
                 }
             }
@@ -146,6 +169,7 @@ async fn run(
             }
         }
         if let Some((last, pending)) = batch.last {
+            complete_at = batch.at_ms;
             apply(g, batch, inc.revision).await?;
             applied = last;
             track.advance(applied, pending);
@@ -180,7 +204,13 @@ impl Batch {
             return; // a consumer restart resent it
         }
         self.last = Some((seq, info.pending));
-        self.at_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as u64;
+        let published = (info.published.unix_timestamp_nanos() / 1_000_000) as u64;
+        // Nothing pending after it: the stream was complete on delivery.
+        self.at_ms = if info.pending == 0 {
+            published.max(now_ms())
+        } else {
+            published
+        };
         match Write::decode(&m.payload) {
             Ok(Write::Put {
                 id,
@@ -234,6 +264,15 @@ async fn apply(g: &Arc<Gallery>, batch: Batch, revision: u64) -> Result<(), Clus
     .map_err(|e| ClusterError::Local(e.to_string()))
 }
 
+async fn confirm(g: &Arc<Gallery>, p: Position) -> Result<(), ClusterError> {
+    let g = g.clone();
+    tokio::task::spawn_blocking(move || g.confirm_position(&p))
+        .await
+        .map_err(ClusterError::nats)?
+        .map(|_| ())
+        .map_err(|e| ClusterError::Local(e.to_string()))
+}
+
 /// Drops this replica's copy of `inc` and creates it empty at sequence 0.
 async fn recopy(c: &Cluster, inc: &Incarnation) -> Result<Arc<Gallery>, ClusterError> {
     catalog::drop_local(c, &inc.gallery).await?;
@@ -244,4 +283,38 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY_MS: u64 = 86_400_000;
+
+    fn at(applied: u64, at_ms: u64) -> Position {
+        Position {
+            incarnation: 1,
+            applied,
+            at_ms,
+        }
+    }
+
+    /// Counted from when the replica last knew itself complete, not from
+    /// the last write: an idle gallery confirmed an hour ago is resumed.
+    #[test]
+    fn a_replica_copies_again_only_when_a_missed_tombstone_may_have_expired() {
+        let ttl = Duration::from_millis(7 * DAY_MS);
+        let now = 30 * DAY_MS;
+        // Behind, complete 8 days ago: a removal it missed may be gone.
+        assert!(must_recopy(&at(10, now - 8 * DAY_MS), 11, now, ttl));
+        // Behind, but caught up an hour ago (its last write is older).
+        assert!(!must_recopy(&at(10, now - 3_600_000), 11, now, ttl));
+        // Not behind: nothing to miss, however long ago.
+        assert!(!must_recopy(&at(10, now - 8 * DAY_MS), 10, now, ttl));
+        // Never applied anything: it holds nothing a removal could hit.
+        assert!(!must_recopy(&at(0, 0), 11, now, ttl));
+        // Within the clock margin of the TTL counts as expired.
+        let edge = now - 7 * DAY_MS + 30_000;
+        assert!(must_recopy(&at(10, edge), 11, now, ttl));
+    }
 }

@@ -60,15 +60,24 @@ pub async fn follow(c: Arc<Cluster>) {
     }
 }
 
+/// The revision of the last change to the definitions, as NATS has it
+/// now (one request).
+pub async fn latest_revision(c: &Cluster) -> Result<u64, ClusterError> {
+    let stream = format!("KV_{}", naming::bucket(&c.cfg.prefix));
+    let s = c.js.get_stream(stream).await.map_err(ClusterError::nats)?;
+    Ok(s.cached_info().state.last_sequence)
+}
+
 async fn follow_once(c: &Arc<Cluster>) -> Result<(), ClusterError> {
     let kv = bucket(c).await?;
+    // Taken before the listing, so that nothing defined meanwhile is
+    // missed: the watch replays from here (a change seen twice is a no-op).
+    let start = latest_revision(c).await?;
     let mut current = HashMap::new();
-    let mut latest = 0;
     let mut keys = kv.keys().await.map_err(ClusterError::nats)?;
     while let Some(key) = keys.next().await {
         let key = key.map_err(ClusterError::nats)?;
         if let Some(e) = kv.entry(&key).await.map_err(ClusterError::nats)? {
-            latest = latest.max(e.revision);
             if e.operation == kv::Operation::Put {
                 current.insert(key, e);
             }
@@ -85,13 +94,15 @@ async fn follow_once(c: &Arc<Cluster>) -> Result<(), ClusterError> {
         on_entry(c, e).await;
     }
     c.progress.catalog_loaded();
-    // Changes since the listing (some again: applying one twice is a no-op).
+    c.seen_revision(start);
     let mut watch = kv
-        .watch_all_from_revision(latest + 1)
+        .watch_all_from_revision(start + 1)
         .await
         .map_err(ClusterError::nats)?;
     while let Some(e) = watch.next().await {
-        on_entry(c, &e.map_err(ClusterError::nats)?).await;
+        let e = e.map_err(ClusterError::nats)?;
+        on_entry(c, &e).await;
+        c.seen_revision(e.revision);
     }
     Err(ClusterError::Nats("the definitions watch ended".into()))
 }

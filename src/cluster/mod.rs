@@ -25,6 +25,7 @@ mod publish;
 mod writes;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -57,8 +58,11 @@ pub struct Cluster {
     disconnected: Arc<Mutex<Option<Instant>>>,
     /// Connections made so far: a new one restarts the consumers.
     connects: Arc<tokio::sync::watch::Sender<u64>>,
-    /// Woken whenever the catalog changes (a gallery appears or goes).
+    /// Woken whenever the catalog changes (a gallery appears or goes, or
+    /// it has seen a later definition revision).
     catalog_changed: tokio::sync::Notify,
+    /// The definitions revision the catalog has acted on.
+    catalog_revision: AtomicU64,
 }
 
 struct Replicating {
@@ -90,6 +94,7 @@ impl Cluster {
             disconnected,
             connects,
             catalog_changed: tokio::sync::Notify::new(),
+            catalog_revision: AtomicU64::new(0),
         });
         tokio::spawn(catalog::follow(cluster.clone()));
         Ok(cluster)
@@ -114,6 +119,12 @@ impl Cluster {
     /// Why this replica refuses `gallery`, if it does.
     pub fn refusal(&self, gallery: &str) -> Option<String> {
         self.refused.read().get(gallery).map(|e| e.to_string())
+    }
+
+    /// The catalog has acted on every definition change through `revision`.
+    fn seen_revision(&self, revision: u64) {
+        self.catalog_revision.fetch_max(revision, Ordering::Release);
+        self.catalog_changed.notify_waiters();
     }
 
     /// How long the connection to NATS has been down (None: connected).

@@ -4,12 +4,13 @@
 //! replica, so the client reads its own write here at once. Reads that
 //! name a sequence wait for it (`wait_for`).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{kv, stream};
 
-use super::catalog::{bucket, Definition};
+use super::catalog::{self, bucket, Definition};
 use super::message::Write;
 use super::naming::{self, Incarnation};
 use super::{Cluster, ClusterError};
@@ -18,6 +19,10 @@ use crate::store::ItemRecord;
 
 /// How long a write waits to be applied on the replica that took it.
 const SETTLE: Duration = Duration::from_secs(2);
+
+/// How long a read naming a sequence waits for NATS to say which
+/// definitions exist before it goes on with the local catalog.
+const BARRIER_ASK: Duration = Duration::from_secs(1);
 
 /// Stream messages JetStream remembers ids of, to drop a resent one.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -221,32 +226,61 @@ impl Cluster {
         }
         let started = Instant::now();
         let budget = self.read_wait();
+        // A sequence counts in the incarnation the writer wrote to: learn
+        // of every drop and re-creation made before this read first, so a
+        // copy of an older one is not taken as having reached it.
+        self.catalog_barrier(budget).await;
+        let behind = |applied: u64| ClusterError::Behind {
+            gallery: name.to_string(),
+            applied,
+            wanted: sequence,
+            behind: sequence.saturating_sub(applied),
+            waited_ms: started.elapsed().as_millis() as u64,
+        };
         loop {
             let changed = self.catalog_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some(track) = self.progress.get(name) {
-                let left = budget.saturating_sub(started.elapsed());
-                return track.wait_for(sequence, left).await.map_err(|applied| {
-                    ClusterError::Behind {
-                        gallery: name.to_string(),
-                        applied,
-                        wanted: sequence,
-                        behind: sequence.saturating_sub(applied),
-                        waited_ms: started.elapsed().as_millis() as u64,
-                    }
-                });
+            let left = budget.saturating_sub(started.elapsed());
+            let Some(track) = self.progress.get(name) else {
+                self.gallery(name)?;
+                if tokio::time::timeout(left, changed).await.is_err() {
+                    return Err(behind(0));
+                }
+                continue;
+            };
+            tokio::select! {
+                reached = track.wait_for(sequence, left) => return reached.map_err(behind),
+                // Dropped or created again meanwhile? Wait on its track now.
+                _ = &mut changed => {}
             }
-            self.gallery(name)?;
+        }
+    }
+
+    /// Waits, within `budget`, until the catalog has acted on every
+    /// definition change NATS holds now. Gives up quietly when NATS does
+    /// not answer: the local copy serves then, marked stale.
+    async fn catalog_barrier(&self, budget: Duration) {
+        if self.disconnected_for().is_some() {
+            return;
+        }
+        let started = Instant::now();
+        let ask = tokio::time::timeout(budget.min(BARRIER_ASK), catalog::latest_revision(self));
+        let latest = match ask.await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return tracing::debug!(error = %e, "definitions revision unknown"),
+            Err(_) => return tracing::debug!("definitions revision: no answer"),
+        };
+        loop {
+            let changed = self.catalog_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.catalog_revision.load(Ordering::Acquire) >= latest {
+                return;
+            }
             let left = budget.saturating_sub(started.elapsed());
             if tokio::time::timeout(left, changed).await.is_err() {
-                return Err(ClusterError::Behind {
-                    gallery: name.to_string(),
-                    applied: 0,
-                    wanted: sequence,
-                    behind: sequence,
-                    waited_ms: started.elapsed().as_millis() as u64,
-                });
+                return;
             }
         }
     }

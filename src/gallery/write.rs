@@ -79,6 +79,12 @@ impl Gallery {
         Ok(self.store.position(&self.name)?)
     }
 
+    /// Records that the stream held nothing after `p.applied` at `p.at_ms`
+    /// (see [`Position::at_ms`]); false when the stored position moved on.
+    pub fn confirm_position(&self, p: &Position) -> Result<bool, GalleryError> {
+        Ok(self.store.confirm_position(&self.name, p)?)
+    }
+
     /// Whether this gallery can take `change` (its id, its dims).
     pub fn check_change(&self, change: &Change) -> Result<(), GalleryError> {
         match change {

@@ -133,7 +133,10 @@ pub struct Position {
     pub incarnation: u64,
     /// The last stream sequence applied (0: none).
     pub applied: u64,
-    /// That message's stream timestamp, ms since the epoch (0: none).
+    /// The latest moment, ms since the epoch, the stream was known to hold
+    /// nothing after `applied` (0: never): that message's timestamp, or
+    /// later when this replica saw itself caught up. A tombstone it missed
+    /// was published after this moment, so it still lives for a TTL from it.
     pub at_ms: u64,
 }
 
@@ -373,10 +376,29 @@ impl Store {
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
-            let Some(v) = table.get(gallery)? else {
-                return Ok(None);
+            stored_position(&table, gallery)
+        })
+    }
+
+    /// Moves the position's `at_ms` forward to `p.at_ms` when the stored
+    /// position is `p`'s incarnation at `p.applied` (a replica that saw
+    /// itself caught up); returns whether it did. Nothing else changes.
+    pub fn confirm_position(&self, gallery: &str, p: &Position) -> Result<bool, StoreError> {
+        self.with(|db| {
+            let txn = db.begin_write()?;
+            let moved = {
+                let mut positions = txn.open_table(POSITIONS)?;
+                let before = stored_position(&positions, gallery)?;
+                let moved = before.is_some_and(|b| {
+                    b.incarnation == p.incarnation && b.applied == p.applied && b.at_ms < p.at_ms
+                });
+                if moved {
+                    positions.insert(gallery, encode_position(p).as_slice())?;
+                }
+                moved
             };
-            decode_position(v.value()).map(Some)
+            txn.commit()?;
+            Ok(moved)
         })
     }
 
@@ -444,10 +466,7 @@ impl Store {
                 }
                 if let Some(p) = &position {
                     let mut positions = txn.open_table(POSITIONS)?;
-                    let before = match positions.get(gallery)? {
-                        Some(v) => Some(decode_position(v.value())?),
-                        None => None,
-                    };
+                    let before = stored_position(&positions, gallery)?;
                     // A write of a dropped incarnation never lands in the
                     // gallery created again under its name.
                     match before {
@@ -471,6 +490,16 @@ impl Store {
             txn.commit()?;
             Ok(existed)
         })
+    }
+}
+
+fn stored_position(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    gallery: &str,
+) -> Result<Option<Position>, StoreError> {
+    match table.get(gallery)? {
+        Some(v) => decode_position(v.value()).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -650,6 +679,35 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.position("a").unwrap(), Some(at(3)));
         assert_eq!(store.load_items("a").unwrap().len(), 1);
+        // Seen caught up later: only the moment moves, and only forward,
+        // only at the same incarnation and sequence.
+        let later = Position {
+            at_ms: 5000,
+            ..at(3)
+        };
+        assert!(store.confirm_position("a", &later).unwrap());
+        assert!(!store.confirm_position("a", &at(3)).unwrap(), "not back");
+        assert!(!store
+            .confirm_position(
+                "a",
+                &Position {
+                    at_ms: 9000,
+                    ..at(2)
+                }
+            )
+            .unwrap());
+        assert!(!store
+            .confirm_position(
+                "a",
+                &Position {
+                    incarnation: 6,
+                    at_ms: 9000,
+                    ..at(3)
+                }
+            )
+            .unwrap());
+        assert!(!store.confirm_position("plain", &later).unwrap());
+        assert_eq!(store.position("a").unwrap(), Some(later));
         store.drop_gallery("a").unwrap();
         assert_eq!(store.position("a").unwrap(), None);
     }
