@@ -108,15 +108,46 @@ fn ranked(r: &pb::SearchResponse) -> Vec<(String, i64)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_on_one_replica_is_read_on_another_and_their_answers_agree() {
+/// A 3-node NATS cluster and two replicas of it, both ready, with clients.
+struct Pair {
+    nats: NatsCluster,
+    _dirs: tempfile::TempDir,
+    a: Server,
+    b: Server,
+    ca: Client,
+    cb: Client,
+}
+
+async fn two_replicas() -> Pair {
     let nats = NatsCluster::start(3).await;
     let dirs = tempfile::tempdir().unwrap();
     let a = replica(&dirs.path().join("a"), &nats);
     let b = replica(&dirs.path().join("b"), &nats);
     wait_serving(&a).await;
     wait_serving(&b).await;
-    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let (ca, cb) = (a.client().await, b.client().await);
+    Pair {
+        nats,
+        _dirs: dirs,
+        a,
+        b,
+        ca,
+        cb,
+    }
+}
+
+/// Gallery "g" created on a with 20 items, read on b; the last sequence.
+async fn gallery_of_20(p: &mut Pair) -> u64 {
+    grpc::create_gallery(&mut p.ca, "g").await;
+    let (seq, _) = add(&mut p.ca, "g", 0..20).await;
+    assert_eq!(stats_at(&mut p.cb, "g", seq).await.count, 20);
+    seq
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_replica_is_read_on_another_and_their_answers_agree() {
+    let pair = two_replicas().await;
+    let Pair { mut ca, mut cb, .. } = pair;
 
     assert_eq!(grpc::create_gallery(&mut ca, "g").await, DIMS);
     let again = cb
@@ -300,16 +331,15 @@ async fn stats_within(
 /// the same answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_stopped_for_30_s_under_writes_converges() {
-    let nats = NatsCluster::start(3).await;
-    let dirs = tempfile::tempdir().unwrap();
-    let a = replica(&dirs.path().join("a"), &nats);
-    let b = replica(&dirs.path().join("b"), &nats);
-    wait_serving(&a).await;
-    wait_serving(&b).await;
-    let (mut ca, mut cb) = (a.client().await, b.client().await);
-    grpc::create_gallery(&mut ca, "g").await;
-    let (seq, _) = add(&mut ca, "g", 0..20).await;
-    assert_eq!(stats_at(&mut cb, "g", seq).await.count, 20);
+    let mut pair = two_replicas().await;
+    let seq = gallery_of_20(&mut pair).await;
+    let Pair {
+        a: _a,
+        b,
+        mut ca,
+        mut cb,
+        ..
+    } = pair;
 
     sigstop(&b, "-STOP");
     let stopped = Instant::now();
@@ -355,16 +385,15 @@ async fn a_replica_stopped_for_30_s_under_writes_converges() {
 /// sequence is never answered from the old copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gallery_dropped_while_a_replica_applies_it_is_consistent_there() {
-    let nats = NatsCluster::start(3).await;
-    let dirs = tempfile::tempdir().unwrap();
-    let a = replica(&dirs.path().join("a"), &nats);
-    let b = replica(&dirs.path().join("b"), &nats);
-    wait_serving(&a).await;
-    wait_serving(&b).await;
-    let (mut ca, mut cb) = (a.client().await, b.client().await);
-    grpc::create_gallery(&mut ca, "g").await;
-    let (seq, _) = add(&mut ca, "g", 0..20).await;
-    assert_eq!(stats_at(&mut cb, "g", seq).await.count, 20);
+    let mut pair = two_replicas().await;
+    gallery_of_20(&mut pair).await;
+    let Pair {
+        a: _a,
+        b,
+        mut ca,
+        mut cb,
+        ..
+    } = pair;
 
     sigstop(&b, "-STOP");
     let (old_last, acked) = add(&mut ca, "g", 20..420).await;
@@ -421,13 +450,13 @@ async fn a_gallery_dropped_while_a_replica_applies_it_is_consistent_there() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_node_killed_during_writes_loses_no_acknowledged_write() {
-    let mut nats = NatsCluster::start(3).await;
-    let dirs = tempfile::tempdir().unwrap();
-    let a = replica(&dirs.path().join("a"), &nats);
-    let b = replica(&dirs.path().join("b"), &nats);
-    wait_serving(&a).await;
-    wait_serving(&b).await;
-    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let pair = two_replicas().await;
+    let Pair {
+        mut nats,
+        mut ca,
+        mut cb,
+        ..
+    } = pair;
     grpc::create_gallery(&mut ca, "g").await;
     let mut acked = Vec::new();
     let (mut last_seq, mut refused) = (0, 0);
