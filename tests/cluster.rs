@@ -19,8 +19,17 @@ type Client = RetrievalClient<Channel>;
 
 const DIMS: usize = 1280;
 
+/// A replica with its admin port (metrics), before the `[cluster]` table.
 fn replica(dir: &std::path::Path, nats: &NatsCluster) -> Server {
-    Server::start(dir, &nats.config(""))
+    let config = format!("admin_listen = \"127.0.0.1:0\"\n{}", nats.config(""));
+    Server::start(dir, &config)
+}
+
+/// How many times `s` started copying gallery `g` from its stream's
+/// first message since it started.
+async fn copies_of_g(s: &Server) -> f64 {
+    let admin = s.admin.as_deref().expect("admin port");
+    common::metric(admin, "lookalike_replication_copies_total{gallery=\"g\"}").await
 }
 
 /// Waits until the replica reports `lookalike.v1.Retrieval` SERVING
@@ -269,7 +278,8 @@ async fn replicas_that_die_stop_or_are_new_catch_up_and_answer_the_same() {
     grpc::create_gallery(&mut ca, "g").await;
     add(&mut ca, "g", 0..40).await;
 
-    // kill -9 of b, writes meanwhile, b again on its disk: it resumes.
+    // kill -9 of b, writes meanwhile, b again on its disk: it resumes
+    // from the sequence it applied, rather than copying the gallery again.
     b.kill();
     add(&mut ca, "g", 40..80).await;
     let b = replica(&dirs.path().join("b"), &nats);
@@ -277,6 +287,7 @@ async fn replicas_that_die_stop_or_are_new_catch_up_and_answer_the_same() {
     let mut cb = b.client().await;
     let (seq, _) = add(&mut ca, "g", 80..81).await;
     assert_eq!(stats_at(&mut cb, "g", seq).await.count, 81);
+    assert_eq!(copies_of_g(&b).await, 0.0, "b resumed on its own disk");
 
     let (seq, _) = add(&mut ca, "g", 81..120).await;
 
@@ -287,6 +298,27 @@ async fn replicas_that_die_stop_or_are_new_catch_up_and_answer_the_same() {
     let s = stats_at(&mut cc, "g", seq).await;
     assert_eq!(s.count, 120);
     assert!(s.replication.unwrap().caught_up);
+    assert_eq!(copies_of_g(&c).await, 1.0, "c copied the gallery");
+
+    // A graceful restart (SIGTERM, as on a rolling upgrade) keeps the
+    // derived state b saved: ready with it, nothing recomputed or copied.
+    assert_eq!(stats_at(&mut cb, "g", seq).await.count, 120);
+    let before = grpc::wait_refreshed(&mut cb, "g").await;
+    b.stop().await;
+    let b = replica(&dirs.path().join("b"), &nats);
+    wait_serving(&b).await;
+    let mut cb = b.client().await;
+    let after = stats_at(&mut cb, "g", seq).await.index.unwrap();
+    assert_eq!(
+        copies_of_g(&b).await,
+        0.0,
+        "b resumed after a graceful stop"
+    );
+    assert_eq!(
+        (after.stale_items, after.post_processing_generation),
+        (0, before.post_processing_generation),
+        "the saved state was used as it was"
+    );
     let want = ranked(
         &search_at(&mut ca, "g", seq, 5, grpc::plain())
             .await

@@ -804,19 +804,6 @@ async fn a_dead_inference_worker_is_503_over_http() {
     );
 }
 
-/// `name`'s value in the admin port's Prometheus scrape (0 when absent).
-async fn metric(admin: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.parse().unwrap())
-}
-
 const DECODES: &str = "lookalike_stage_duration_seconds_count{stage=\"decode\"}";
 
 /// Overload, deterministically: with one image admitted at a time, the
@@ -844,7 +831,7 @@ async fn overload_is_retry_later_per_item_and_429_with_retry_after() {
         201
     );
     let rows = subset(&split("test.txt"), &CLASSES, 1);
-    let decodes = metric(&admin, DECODES).await;
+    let decodes = common::metric(&admin, DECODES).await;
     let form = rows.iter().fold(Form::new(), |f, (path, _)| {
         f.part("image", image_part(path))
     });
@@ -861,7 +848,7 @@ async fn overload_is_retry_later_per_item_and_429_with_retry_after() {
     }
     assert_eq!(added["summary"]["retry_later"], rows.len() - 1);
     // One decode for the one photo admitted: its thumbnail came from it.
-    assert_eq!(metric(&admin, DECODES).await - decodes, 1.0);
+    assert_eq!(common::metric(&admin, DECODES).await - decodes, 1.0);
     let thumb = http
         .client
         .get(http.url(&format!(
@@ -883,11 +870,11 @@ async fn overload_is_retry_later_per_item_and_429_with_retry_after() {
         async move { client.post(url).body(photo).send().await.unwrap().status() }
     });
     let t = std::time::Instant::now();
-    while metric(&admin, "lookalike_embed_queue_depth").await < 1.0 {
+    while common::metric(&admin, "lookalike_embed_queue_depth").await < 1.0 {
         assert!(t.elapsed().as_secs() < 60, "the held embed never arrived");
         tokio::task::yield_now().await;
     }
-    let refused = metric(&admin, "lookalike_embed_admission_refusals_total").await;
+    let refused = common::metric(&admin, "lookalike_embed_admission_refusals_total").await;
     let search = http
         .client
         .post(http.url("/v1/galleries/g/search"))
@@ -922,7 +909,7 @@ async fn overload_is_retry_later_per_item_and_429_with_retry_after() {
         "the embedding queue is full (1 images in flight); retry later"
     );
     assert_eq!(
-        metric(&admin, "lookalike_embed_admission_refusals_total").await - refused,
+        common::metric(&admin, "lookalike_embed_admission_refusals_total").await - refused,
         3.0
     );
     // Released: the held request is answered and new ones are served.

@@ -142,8 +142,9 @@ async fn ensure(c: &Arc<Cluster>, name: &str, def: Definition, revision: u64) {
     if c.incarnation(name).as_ref() == Some(&incarnation) {
         return;
     }
-    forget(c, name).await;
     if !def.fits(&c.meta) {
+        // No copy of this incarnation was ever made here: any is older.
+        forget(c, name).await;
         tracing::error!(gallery = %name, theirs = %def.model_fingerprint, ours = %c.meta.model_fingerprint,
             "gallery of another model: not served by this replica");
         c.refused.write().insert(
@@ -158,6 +159,9 @@ async fn ensure(c: &Arc<Cluster>, name: &str, def: Definition, revision: u64) {
         c.catalog_changed.notify_waiters();
         return;
     }
+    // The local copy stays: after a restart it is this very incarnation
+    // and resumes from its position (`open_or_create` replaces any other).
+    stop_applying(c, name);
     match open_or_create(c, &incarnation).await {
         Ok((g, applied)) => {
             let track = c.progress.start(name, applied);
@@ -192,6 +196,12 @@ async fn open_or_create(
 
 /// A new, empty local copy of `inc`, at sequence 0.
 pub async fn create_local(c: &Cluster, inc: &Incarnation) -> Result<Arc<Gallery>, ClusterError> {
+    tracing::info!(gallery = %inc.gallery, incarnation = inc.revision,
+        "copying the gallery from its stream's first message");
+    crate::telemetry::metrics()
+        .replication_copies
+        .with_label_values(&[inc.gallery.as_str()])
+        .inc();
     let galleries = c.galleries.clone();
     let (name, meta, revision) = (inc.gallery.clone(), c.meta.clone(), inc.revision);
     tokio::task::spawn_blocking(move || {
@@ -207,13 +217,18 @@ pub async fn create_local(c: &Cluster, inc: &Incarnation) -> Result<Arc<Gallery>
     .map_err(|e| ClusterError::Local(e.to_string()))
 }
 
-/// Stops applying `name` and drops this replica's copy of it.
-pub async fn forget(c: &Arc<Cluster>, name: &str) {
+/// Stops applying (or refusing) `name` on this replica.
+fn stop_applying(c: &Cluster, name: &str) {
     if let Some(r) = c.replicating.lock().remove(name) {
         r.task.abort();
     }
     c.progress.stop(name);
     c.refused.write().remove(name);
+}
+
+/// Stops applying `name` and drops this replica's copy of it.
+pub async fn forget(c: &Arc<Cluster>, name: &str) {
+    stop_applying(c, name);
     let replicated = match c.galleries.get(name) {
         Ok(g) => position(&g).await.ok().flatten().is_some(),
         Err(_) => false,

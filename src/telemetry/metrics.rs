@@ -58,6 +58,8 @@ pub struct Metrics {
     pub replication_connected: IntGauge,
     /// Cluster writes: JetStream acknowledgements, by result.
     pub replication_publishes: IntCounterVec,
+    /// Cluster replicas: copies started from a stream's first message.
+    pub replication_copies: IntCounterVec,
 }
 
 /// 0.5 ms .. ~65 s, doubling.
@@ -195,6 +197,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["result"],
         )?,
+        replication_copies: IntCounterVec::new(
+            Opts::new(
+                "replication_copies_total",
+                "Copies of a gallery this replica started from its stream's first message \
+                 (new here, a new incarnation, or away longer than the tombstones live), per gallery",
+            ),
+            &["gallery"],
+        )?,
         registry,
     };
     let r = &m.registry;
@@ -222,6 +232,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     r.register(Box::new(m.replication_lag.clone()))?;
     r.register(Box::new(m.replication_connected.clone()))?;
     r.register(Box::new(m.replication_publishes.clone()))?;
+    r.register(Box::new(m.replication_copies.clone()))?;
     Ok(m)
 }
 

@@ -89,6 +89,22 @@ pub fn subset(rows: &[(String, u32)], classes: &[u32], per_class: usize) -> Vec<
     out
 }
 
+/// `series`' value in the admin port's Prometheus scrape (0 when absent),
+/// named as the scrape prints it: `name{label="value"}`.
+pub async fn metric(admin: &str, series: &str) -> f64 {
+    // reqwest's rustls needs a process-wide provider; the first call wins.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
 pub fn read_image(rel: &str) -> Vec<u8> {
     std::fs::read(grocery().join(rel)).unwrap()
 }
